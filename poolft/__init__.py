@@ -1,0 +1,25 @@
+"""poolft: pluggable, mask-correct pooling heads for Hugging Face encoders, and their fine-tuning.
+
+``import poolft`` registers ``PoolftConfig`` and the two model classes with the Auto classes, so
+``AutoModelForSequenceClassification.from_pretrained(saved_dir)`` and ``pipeline(...)`` load a
+saved poolft model without ``trust_remote_code``.
+"""
+
+from .modeling import (
+    PoolftConfig,
+    PoolftForImageClassification,
+    PoolftForSequenceClassification,
+)
+from .pooling import Pooler, available_poolers, build_pooler
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Pooler",
+    "PoolftConfig",
+    "PoolftForImageClassification",
+    "PoolftForSequenceClassification",
+    "__version__",
+    "available_poolers",
+    "build_pooler",
+]
