@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .base import Pooler, register_pooler
-from .masking import masked_max, masked_mean, real_token_mask
+from .masking import masked_max, masked_mean, real_token_mask, zero_masked
 
 
 class _TokenReduction(Pooler):
@@ -103,7 +103,9 @@ class GemPooler(_TokenReduction):
 
     def reduce(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         p = self.p.float().clamp(min=1e-2)
-        powered = hidden_states.float().clamp(min=self.eps).pow(p)
+        # zero the unread tokens before the power: x**p of a huge/inf/NaN padding value would make
+        # the backward pass 0 * inf = NaN (in the inputs' and p's gradients) although it is masked out
+        powered = zero_masked(hidden_states, token_mask).float().clamp(min=self.eps).pow(p)
         pooled = masked_mean(powered, token_mask).clamp(min=self.eps).pow(1.0 / p)
         has_token = token_mask.any(dim=1, keepdim=True)
         return torch.where(has_token, pooled, pooled.new_zeros(())).to(hidden_states.dtype)

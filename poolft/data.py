@@ -1,0 +1,207 @@
+"""Datasets: where examples come from (embedded sample, local files, image folders, the Hub),
+which columns hold inputs and labels, and the label names shared by both splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict
+
+from .config import DataConfig
+from .errors import PoolftError
+
+SAMPLE_DIR = Path(__file__).parent / "sample_data"
+EMBEDDED = {
+    "sst2-sample": {
+        "train": SAMPLE_DIR / "sst2_train_sample.parquet",
+        "validation": SAMPLE_DIR / "sst2_validation.parquet",
+    }
+}
+FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class LabeledSplits:
+    """Train and evaluation splits with a ``labels`` int column and the label names."""
+
+    train: Dataset
+    eval: Dataset
+    label_names: list[str]
+    task: str  # "text" | "image"
+    description: dict[str, Any]
+
+
+def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits:
+    """Load, check and label the configured splits; every user mistake is a ``PoolftError``."""
+    raw, description = _load_raw(config, need_train)
+    splits = [config.train_split, config.eval_split] if need_train else [config.eval_split]
+    for split in splits:
+        if split not in raw:
+            raise PoolftError(
+                f"split {split!r} not found (have: {', '.join(raw)}); set data.train_split / data.eval_split"
+            )
+    train = raw[config.train_split] if need_train else raw[config.eval_split]
+    evaluation = raw[config.eval_split]
+    task = infer_task(config, train)
+    for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
+        check_columns(config, task, split, split_name)
+        if len(split) == 0:
+            raise PoolftError(f"split {split_name!r} has no examples; point data.path at a non-empty dataset")
+    if config.max_train_samples is not None and need_train:
+        train = train.select(range(min(config.max_train_samples, len(train))))
+    if config.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(config.max_eval_samples, len(evaluation))))
+    label_names = label_names_of(train, config.label_column)
+    train = encode_labels(train, config.label_column, label_names, config.train_split)
+    evaluation = encode_labels(evaluation, config.label_column, label_names, config.eval_split)
+    if len(label_names) < 2 and need_train:
+        raise PoolftError(
+            f"the training split has only one label ({label_names[0]!r}); a classifier needs at least two classes"
+        )
+    description.update(
+        train_split=config.train_split, eval_split=config.eval_split, train_size=len(train), eval_size=len(evaluation)
+    )
+    return LabeledSplits(train, evaluation, label_names, task, description)
+
+
+def _load_raw(config: DataConfig, need_train: bool) -> tuple[DatasetDict, dict[str, Any]]:
+    if config.data_files:
+        files = {split: str(path) for split, path in config.data_files.items()}
+        return _load_files(files), {"source": "files", "files": files}
+    if config.path in EMBEDDED:
+        files = {split: str(path) for split, path in EMBEDDED[config.path].items()}
+        return _load_files(files), {"source": config.path, "files": files}
+    local = Path(config.path).expanduser()
+    if local.exists():
+        return _load_local(local)
+    if config.path.startswith((".", "/", "~")) or config.path.count("/") > 1:
+        raise PoolftError(f"data.path {config.path!r} does not exist; pass an existing folder, file or Hub dataset id")
+    try:
+        loaded = datasets.load_dataset(config.path, config.name)
+    except Exception as error:  # the Hub raises many types; the user needs one line
+        raise PoolftError(
+            f"could not load dataset {config.path!r}"
+            f"{' config ' + repr(config.name) if config.name else ''} from the Hub ({type(error).__name__}: "
+            f"{_first_line(error)}); check the id, the network, or use a local folder / data.data_files"
+        ) from None
+    return loaded, {"source": "hub", "path": config.path, "name": config.name}
+
+
+def _load_files(files: dict[str, str]) -> DatasetDict:
+    builders = set()
+    for split, path in files.items():
+        suffix = Path(path).suffix.lower()
+        if suffix not in FILE_BUILDERS:
+            raise PoolftError(
+                f"data file {path} for split {split!r} has an unsupported type; use one of "
+                f"{', '.join(sorted(FILE_BUILDERS))}"
+            )
+        if not Path(path).is_file():
+            raise PoolftError(f"data file {path} for split {split!r} does not exist; fix data.data_files")
+        builders.add((FILE_BUILDERS[suffix], suffix == ".tsv"))
+    if len(builders) > 1:
+        raise PoolftError("data.data_files mixes file types; convert the splits to one format")
+    ((builder, is_tsv),) = builders
+    options = {"delimiter": "\t"} if is_tsv else {}
+    try:
+        return datasets.load_dataset(builder, data_files=files, **options)
+    except UnicodeDecodeError as error:
+        raise PoolftError(f"a data file is not valid UTF-8 ({_first_line(error)}); re-save it as UTF-8") from None
+    except Exception as error:
+        raise PoolftError(f"could not read data files {files} ({type(error).__name__}: {_first_line(error)})") from None
+
+
+def _load_local(folder: Path) -> tuple[DatasetDict, dict[str, Any]]:
+    if folder.is_file():
+        raise PoolftError(
+            f"data.path {folder} is a single file; give one file per split in data.data_files "
+            "(e.g. --data.data_files '{train: a.csv, validation: b.csv}')"
+        )
+    table_files = {p.stem: str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in FILE_BUILDERS}
+    if table_files:
+        return _load_files(table_files), {"source": "folder", "files": table_files}
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file()):
+        try:
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
+        except Exception as error:
+            raise PoolftError(f"could not read image folder {folder} ({_first_line(error)})") from None
+        return loaded, {"source": "imagefolder", "path": str(folder)}
+    raise PoolftError(
+        f"folder {folder} holds no data files ({', '.join(sorted(FILE_BUILDERS))}) and no images; "
+        "point data.path at a dataset folder"
+    )
+
+
+def infer_task(config: DataConfig, split: Dataset) -> str:
+    """``"text"`` or ``"image"``: the configured task, or the one the columns imply."""
+    if config.task != "auto":
+        return config.task
+    feature = split.features.get(config.image_column)
+    return "image" if isinstance(feature, datasets.Image) else "text"
+
+
+def check_columns(config: DataConfig, task: str, split: Dataset, split_name: str) -> None:
+    """Raise a ``PoolftError`` naming the missing column and the ones that exist."""
+    needed = {"label_column": config.label_column}
+    if task == "text":
+        needed["text_column"] = config.text_column
+        if config.text_pair_column:
+            needed["text_pair_column"] = config.text_pair_column
+    else:
+        needed["image_column"] = config.image_column
+    for key, column in needed.items():
+        if column not in split.column_names:
+            raise PoolftError(
+                f"column {column!r} not in split {split_name!r} (columns: {', '.join(split.column_names)}); "
+                f"set data.{key}"
+            )
+
+
+def label_names_of(train: Dataset, label_column: str) -> list[str]:
+    """Names from a ``ClassLabel`` feature, else the sorted distinct training labels."""
+    feature = train.features[label_column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    values = train.unique(label_column)
+    if any(v is None for v in values):
+        raise PoolftError(f"the training split has empty labels in column {label_column!r}; drop or fill those rows")
+    return [str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
+
+
+def encode_labels(split: Dataset, label_column: str, label_names: list[str], split_name: str) -> Dataset:
+    """Add an int ``labels`` column indexing ``label_names``; unknown labels are an error."""
+    feature = split.features[label_column]
+    if isinstance(feature, ClassLabel):
+        if list(feature.names) != label_names:
+            raise PoolftError(
+                f"split {split_name!r} has label names {feature.names} but training has {label_names}; "
+                "use the same label set in every split"
+            )
+        if label_column == "labels":
+            return split
+        return split.rename_column(label_column, "labels") if "labels" not in split.column_names else split
+    index = {name: i for i, name in enumerate(label_names)}
+    seen = {str(v) for v in split.unique(label_column)}
+    unseen = sorted(seen - set(index))
+    if unseen:
+        raise PoolftError(
+            f"split {split_name!r} has label(s) {', '.join(map(repr, unseen[:5]))} never seen in training; "
+            "make every evaluation label appear in the training split"
+        )
+
+    def to_index(batch: dict[str, list]) -> dict[str, list]:
+        return {"labels": [index[str(v)] for v in batch[label_column]]}
+
+    encoded = split.map(to_index, batched=True, desc=f"labels ({split_name})")
+    if label_column != "labels":
+        encoded = encoded.remove_columns(label_column)
+    return encoded
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

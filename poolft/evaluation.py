@@ -1,0 +1,70 @@
+"""``poolft eval``: metrics of a saved model on a dataset split, with the training loop's evaluator."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from .config import DataConfig, load_config
+from .data import load_splits
+from .errors import PoolftError
+from .inputs import encode_split, example_lengths, make_collator
+from .run_folder import CONFIG_FILE
+from .sampling import length_sorted_batches
+from .saved_models import load_saved_classifier
+
+
+def eval_data_config(model_dir: str, config_path: str | None, overrides: dict[str, Any]) -> DataConfig:
+    """The data section of ``--config``, else of the run that wrote ``model_dir``, plus overrides."""
+    if config_path is None and (Path(model_dir) / CONFIG_FILE).is_file():
+        config_path = str(Path(model_dir) / CONFIG_FILE)
+    data = load_config(config_path).data if config_path else DataConfig()
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    return dataclasses.replace(
+        data,
+        data_files=None if "path" in overrides else data.data_files,
+        **{k: v for k, v in overrides.items() if k in fields},
+    )
+
+
+def evaluate_saved_model(
+    model_dir: str, config_path: str | None, overrides: dict[str, Any], batch_size: int = 64
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, loss and throughput of ``model_dir`` on the configured evaluation split."""
+    from .train import FixedBatches, evaluate_model
+
+    model, preprocessor, task = load_saved_classifier(model_dir)
+    data = eval_data_config(model_dir, config_path, overrides)
+    splits = load_splits(data, need_train=False)
+    if splits.task != task:
+        raise PoolftError(f"model {model_dir} is a {task} model but split {data.eval_split!r} is {splits.task} data")
+    model_labels = {name: int(i) for i, name in model.config.id2label.items()}
+    missing = [name for name in splits.label_names if name not in model_labels]
+    if missing:
+        raise PoolftError(
+            f"labels {missing[:5]} of split {data.eval_split!r} are not among the model's labels "
+            f"{list(model_labels)}; evaluate on data with the model's label set"
+        )
+    remap = [model_labels[name] for name in splits.label_names]
+    split = splits.eval.map(lambda b: {"labels": [remap[i] for i in b["labels"]]}, batched=True)
+    encoded = encode_split(split, preprocessor, task, data, data.eval_split)
+    lengths = example_lengths(encoded, task) or [0] * len(encoded)
+    loader = DataLoader(
+        encoded,
+        batch_sampler=FixedBatches(length_sorted_batches(lengths, batch_size), batch_size),
+        collate_fn=make_collator(preprocessor, task),
+        generator=torch.Generator(),
+    )
+    accelerator = Accelerator()
+    model, loader = accelerator.prepare(model, loader)
+    started = time.perf_counter()
+    metrics = evaluate_model(model, loader, accelerator)
+    seconds = time.perf_counter() - started
+    metrics.update(seconds=seconds, samples_per_second=metrics["samples"] / seconds, split=data.eval_split)
+    return metrics

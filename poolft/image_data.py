@@ -1,0 +1,142 @@
+"""Images -> pixel tensors: decode, convert to RGB and resize once (cached by ``datasets``),
+then rescale, normalise and optionally augment per batch with tensor ops.
+
+Decoding and resizing use the backbone's image processor with its Pillow backend; the cached
+arrays are ``uint8`` ``(3, size, size)`` so later epochs skip decoding entirely.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Array3D, Dataset, Features, Value
+from datasets import Image as ImageFeature
+from PIL import Image, UnidentifiedImageError
+from torch.nn import functional as F
+
+from .config import DataConfig
+from .errors import PoolftError
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB: grayscale, 16-bit, float, palette, CMYK; alpha over white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def processor_size(image_processor: Any, image_size: int | None) -> tuple[int, int]:
+    """``(height, width)`` to resize to: ``image_size`` if given, else the processor's size."""
+    if image_size is not None:
+        return image_size, image_size
+    size = getattr(image_processor, "size", None) or {}
+    if "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    if "shortest_edge" in size:
+        return int(size["shortest_edge"]), int(size["shortest_edge"])
+    raise PoolftError("the image processor has no fixed size; set data.image_size")
+
+
+def decode_image(value: Any, row: int, split_name: str) -> Image.Image:
+    """Open an undecoded ``datasets`` image (``{"bytes", "path"}``) or a PIL image."""
+    if isinstance(value, Image.Image):
+        return value
+    if value is None:
+        raise PoolftError(f"row {row} of split {split_name!r} has no image; drop it or fix data.image_column")
+    try:
+        image = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        where = value.get("path") or f"row {row}"
+        raise PoolftError(
+            f"image {where} in split {split_name!r} cannot be read ({error}); remove or replace the file"
+        ) from None
+
+
+def cache_pixels(split: Dataset, image_processor: Any, config: DataConfig, name: str) -> Dataset:
+    """Decode, convert to RGB and resize every image once; keep ``pixels`` uint8 ``(3, h, w)``."""
+    height, width = processor_size(image_processor, config.image_size)
+    column = config.image_column
+    feature = split.features[column]
+    if isinstance(feature, ImageFeature):
+        split = split.cast_column(column, ImageFeature(decode=False))
+    elif not (isinstance(feature, dict) or isinstance(feature, Value) and feature.dtype == "string"):
+        raise PoolftError(f"column {column!r} holds {feature}, not images; set data.image_column")
+
+    def prepare(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
+        images = []
+        for value, row in zip(batch[column], indices, strict=True):
+            value = {"path": value, "bytes": None} if isinstance(value, str) else value
+            images.append(to_rgb(decode_image(value, row, name)))
+        resized = image_processor(
+            images,
+            size={"height": height, "width": width},
+            do_rescale=False,
+            do_normalize=False,
+            return_tensors="np",
+        )["pixel_values"]
+        return {"pixels": np.clip(np.rint(resized), 0, 255).astype(np.uint8)}
+
+    features = Features({"pixels": Array3D((3, height, width), "uint8"), **{"labels": split.features["labels"]}})
+    remove = [c for c in split.column_names if c != "labels"]
+    return split.map(
+        prepare, batched=True, with_indices=True, remove_columns=remove, features=features, desc=f"images ({name})"
+    )
+
+
+class ImageCollator:
+    """Stacks cached ``uint8`` pixels, rescales and normalises them, and augments when training.
+
+    Returns ``pixel_values`` ``(batch, 3, height, width)`` float32 and ``labels`` ``(batch,)``.
+    Augmentation (train only): horizontal flip with p=0.5 and a random resized crop covering 70-100%
+    of the area, drawn from torch's global RNG, which checkpoints save and restore, so a resumed
+    run augments exactly like an uninterrupted one.
+    """
+
+    def __init__(self, image_processor: Any, *, augment: bool = False) -> None:
+        mean = getattr(image_processor, "image_mean", None) or [0.5, 0.5, 0.5]
+        std = getattr(image_processor, "image_std", None) or [0.5, 0.5, 0.5]
+        do_normalize = getattr(image_processor, "do_normalize", True)
+        self.mean = torch.tensor(mean if do_normalize else [0.0] * 3).view(1, 3, 1, 1)
+        self.std = torch.tensor(std if do_normalize else [1.0] * 3).view(1, 3, 1, 1)
+        self.scale = float(getattr(image_processor, "rescale_factor", 1 / 255))
+        self.augment = augment
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pixels = torch.stack([torch.as_tensor(np.asarray(e["pixels"], dtype=np.uint8)) for e in examples])
+        values = pixels.float() * self.scale
+        if self.augment:
+            values = self.random_augment(values)
+        values = (values - self.mean) / self.std
+        return {"pixel_values": values, "labels": torch.as_tensor([e["labels"] for e in examples])}
+
+    def random_augment(self, values: torch.Tensor) -> torch.Tensor:
+        """Flip and random-resized-crop a batch ``(batch, 3, h, w)``."""
+        batch, _, height, width = values.shape
+        flip = torch.rand(batch) < 0.5
+        values = torch.where(flip.view(-1, 1, 1, 1), values.flip(-1), values)
+        out = torch.empty_like(values)
+        for i in range(batch):  # crop boxes differ per image; resizing is the cost, not the loop
+            area = float(torch.empty(1).uniform_(0.7, 1.0))
+            crop_h = max(1, round(height * area**0.5))
+            crop_w = max(1, round(width * area**0.5))
+            top = int(torch.randint(0, height - crop_h + 1, (1,)))
+            left = int(torch.randint(0, width - crop_w + 1, (1,)))
+            crop = values[i : i + 1, :, top : top + crop_h, left : left + crop_w]
+            out[i] = F.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)[0]
+        return out

@@ -1,0 +1,30 @@
+"""Turn a labelled split into model inputs for either modality (the one place text and images differ)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datasets import Dataset
+
+from .config import DataConfig
+from .image_data import ImageCollator, cache_pixels
+from .text_data import TextCollator, tokenize_split
+
+
+def encode_split(split: Dataset, preprocessor: Any, task: str, data: DataConfig, name: str) -> Dataset:
+    """Tokenize (text) or decode+resize once (images); the result is cached by ``datasets``."""
+    if task == "text":
+        return tokenize_split(split, preprocessor, data, name)
+    return cache_pixels(split, preprocessor, data, name)
+
+
+def make_collator(preprocessor: Any, task: str, *, augment: bool = False) -> Any:
+    """Batch builder: dynamic padding for text, normalisation (+augmentation) for images."""
+    if task == "text":
+        return TextCollator(preprocessor)
+    return ImageCollator(preprocessor, augment=augment)
+
+
+def example_lengths(split: Dataset, task: str) -> list[int] | None:
+    """Token counts for length grouping (None for images: they all have one size)."""
+    return split["length"] if task == "text" and "length" in split.column_names else None

@@ -1,0 +1,64 @@
+"""``poolft predict``: label texts or image files with a saved model, batched by length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import PoolftError
+from .image_data import processor_size, to_rgb
+from .saved_models import load_saved_classifier
+
+
+class Classifier:
+    """A saved model + preprocessor that returns ``(label, probability)`` per input."""
+
+    def __init__(self, model: Any, preprocessor: Any, task: str) -> None:
+        self.model, self.preprocessor, self.task = model, preprocessor, task
+
+    @torch.inference_mode()
+    def predict(self, inputs: list[Any], batch_size: int = 64, images: bool = False) -> list[tuple[str, float]]:
+        if images != (self.task == "image"):
+            kind = "image files (--image)" if self.task == "image" else "texts"
+            raise PoolftError(f"this is a {self.task} model; pass {kind}")
+        order = list(range(len(inputs)))
+        if self.task == "text":  # similar lengths per batch waste less compute on padding
+            order.sort(key=lambda i: len(inputs[i]))
+        results: list[tuple[str, float]] = [("", 0.0)] * len(inputs)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            logits = self.model(**self.encode([inputs[i] for i in chunk])).logits
+            probabilities = logits.float().softmax(dim=-1)
+            best = probabilities.max(dim=-1)
+            for row, index in enumerate(chunk):
+                label = self.model.config.id2label[int(best.indices[row])]
+                results[index] = (label, float(best.values[row]))
+        return results
+
+    def encode(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        if self.task == "text":
+            return dict(self.preprocessor(items, padding=True, truncation=True, return_tensors="pt"))
+        height, width = processor_size(self.preprocessor, None)
+        pixel_values = self.preprocessor(
+            [to_rgb(open_image(path)) for path in items], size={"height": height, "width": width}, return_tensors="np"
+        )["pixel_values"]
+        return {"pixel_values": torch.from_numpy(np.ascontiguousarray(pixel_values))}
+
+
+def open_image(path: str) -> Image.Image:
+    if not Path(path).is_file():
+        raise PoolftError(f"image {path} does not exist; pass existing image files to --image")
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except (UnidentifiedImageError, OSError) as error:
+        raise PoolftError(f"image {path} cannot be read ({error}); pass a PNG/JPEG/... file") from None
+
+
+def load_classifier(folder: str) -> Classifier:
+    return Classifier(*load_saved_classifier(folder))

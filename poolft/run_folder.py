@@ -1,0 +1,112 @@
+"""The output folder of a run: refuse to mix runs, write files atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import RunConfig
+from .errors import PoolftError
+
+CONFIG_FILE = "config.yaml"
+# keys that may differ between the runs sharing one folder (continuing is the same run)
+NEUTRAL_KEYS = {("train", "resume_from_checkpoint"), ("train", "overwrite_output_dir"), ("train", "progress")}
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    copy = {section: dict(values) for section, values in config.items()}
+    for section, key in NEUTRAL_KEYS:
+        copy.get(section, {}).pop(key, None)
+    return copy
+
+
+def prepare_output_dir(config: RunConfig) -> Path:
+    """Check that ``train.output_dir`` may receive this run; clear it when overwriting was asked.
+
+    Raises:
+        PoolftError: the folder holds another run, foreign files, or this run already (without
+            resume), or cannot be written.
+    """
+    folder = Path(config.train.output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise PoolftError(f"output_dir {folder} is a file; choose a folder path for train.output_dir")
+    if folder.is_dir() and any(folder.iterdir()):
+        saved = folder / CONFIG_FILE
+        if not saved.is_file():
+            raise PoolftError(
+                f"output_dir {folder} already holds files that are not a poolft run; choose another train.output_dir"
+            )
+        if config.train.overwrite_output_dir:
+            for child in folder.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            try:
+                previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                previous = {}
+            if comparable(previous) != comparable(config.to_dict()):
+                raise PoolftError(
+                    f"output_dir {folder} holds a different run; choose another train.output_dir or pass "
+                    "--overwrite_output_dir true"
+                )
+            if config.train.resume_from_checkpoint is None:
+                raise PoolftError(
+                    f"output_dir {folder} already holds this run; pass --resume_from_checkpoint latest to continue "
+                    "it or --overwrite_output_dir true to start again"
+                )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".poolft-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise PoolftError(f"cannot write to output_dir {folder} ({error.strerror}); choose a writable folder") from None
+    return folder
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename (no half-written files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomically(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def save_model_atomically(model: Any, preprocessor: Any, folder: Path, extra_files: dict[str, str]) -> None:
+    """``save_pretrained`` model + tokenizer/processor, then move each file into ``folder``.
+
+    Everything is first written to a temporary sibling folder, so a full disk or a crash leaves
+    the previous files in ``folder`` intact rather than a half-written model.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-model-"))
+    try:
+        model.save_pretrained(temporary, safe_serialization=True)
+        preprocessor.save_pretrained(temporary)
+        for name, text in extra_files.items():
+            (temporary / name).write_text(text, encoding="utf-8")
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise PoolftError(
+            f"could not save the model to {folder} ({error.strerror}); free disk space and resume"
+        ) from None
+    for path in temporary.iterdir():
+        os.replace(path, folder / path.name)
+    temporary.rmdir()

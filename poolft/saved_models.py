@@ -1,0 +1,42 @@
+"""Load a folder written by ``poolft train`` (or any HF classifier folder) with its preprocessor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+from . import modeling  # noqa: F401  (registers the poolft classes with the Auto classes)
+from .backbones import modality_of
+from .errors import PoolftError
+
+
+def load_saved_classifier(folder: str) -> tuple[Any, Any, str]:
+    """``(model in eval mode, tokenizer or image processor, "text" | "image")``."""
+    path = Path(folder)
+    if path.exists() and not (path / "config.json").is_file():
+        raise PoolftError(f"{folder} has no config.json; pass the output_dir of a finished poolft train run")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise PoolftError(f"cannot load model {folder} ({str(error).splitlines()[0]})") from None
+    task = modality_of(config)
+    auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
+    model = auto.from_pretrained(folder).eval()
+    try:
+        preprocessor = (
+            AutoTokenizer.from_pretrained(folder)
+            if task == "text"
+            else AutoImageProcessor.from_pretrained(folder, backend="pil")
+        )
+    except (OSError, ValueError) as error:
+        what = "tokenizer" if task == "text" else "image processor"
+        raise PoolftError(f"{folder} has no {what} saved with the model ({str(error).splitlines()[0]})") from None
+    return model, preprocessor, task

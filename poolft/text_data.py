@@ -1,0 +1,83 @@
+"""Text examples -> token ids: tokenize once with ``datasets.map`` (cached), pad per batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from .config import DataConfig
+from .errors import PoolftError
+
+
+def check_max_length(config: DataConfig, tokenizer: PreTrainedTokenizerBase, max_positions: int | None) -> None:
+    """``max_length`` above what the backbone's position embeddings cover is an error."""
+    if max_positions is not None and config.max_length > max_positions:
+        raise PoolftError(
+            f"data.max_length={config.max_length} exceeds the backbone's {max_positions} positions; "
+            f"set data.max_length <= {max_positions}"
+        )
+
+
+def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, config: DataConfig, name: str) -> Dataset:
+    """Add ``input_ids``/``attention_mask`` (+``token_type_ids``) and ``length``; drop raw columns.
+
+    Empty or missing texts become empty strings (the tokenizer still emits [CLS] [SEP]).
+    """
+    columns = [config.text_column] + ([config.text_pair_column] if config.text_pair_column else [])
+
+    def tokenize(batch: dict[str, list]) -> dict[str, Any]:
+        texts = [_as_text(t) for t in batch[config.text_column]]
+        pairs = [_as_text(t) for t in batch[config.text_pair_column]] if config.text_pair_column else None
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=config.max_length)
+        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
+        return encoded
+
+    keep = {"labels"}
+    remove = [c for c in split.column_names if c not in keep]
+    for column in columns:
+        value = split.features[column]
+        if getattr(value, "dtype", "string") not in ("string", "large_string"):
+            raise PoolftError(f"text column {column!r} holds {value}, not text; set data.text_column to a text column")
+    return split.map(tokenize, batched=True, remove_columns=remove, desc=f"tokenize ({name})")
+
+
+def _as_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+class TextCollator:
+    """Pads a list of tokenized examples to the longest in the batch.
+
+    Returns ``input_ids``/``attention_mask`` (``token_type_ids``) ``(batch, tokens)`` and
+    ``labels`` ``(batch,)``.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.padding_side = tokenizer.padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        if self.pad_to_multiple_of:
+            multiple = self.pad_to_multiple_of
+            longest = (longest + multiple - 1) // multiple * multiple
+        batch: dict[str, torch.Tensor] = {}
+        fills = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
+        for key, fill in fills.items():
+            if key not in examples[0]:
+                continue
+            padded = torch.full((len(examples), longest), fill, dtype=torch.long)
+            for row, example in enumerate(examples):
+                values = torch.as_tensor(example[key], dtype=torch.long)
+                if self.padding_side == "left":
+                    padded[row, longest - len(values) :] = values
+                else:
+                    padded[row, : len(values)] = values
+            batch[key] = padded
+        if "labels" in examples[0]:
+            batch["labels"] = torch.as_tensor([e["labels"] for e in examples])
+        return batch

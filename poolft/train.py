@@ -1,0 +1,432 @@
+"""The training loop: one Accelerate loop for text and images, readable top to bottom.
+
+``train(config)`` builds the data and model, prepares them with Accelerate, then runs the
+canonical loop (``accumulate`` -> ``backward`` -> clip -> step) with evaluation, checkpoints and
+logging as small helpers. It runs unchanged on one process, under ``torchrun`` or ``accelerate
+launch``; ``train.batch_size`` is the global batch, split across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import broadcast_object_list, set_seed
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from . import backbones
+from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .config import RunConfig, config_to_yaml
+from .data import load_splits
+from .errors import PoolftError
+from .inputs import encode_split, example_lengths, make_collator
+from .metrics import classification_metrics
+from .model_card import model_card
+from .optim import build_optimizer, build_scheduler, freeze_backbone
+from .run_folder import CONFIG_FILE, prepare_output_dir, save_model_atomically, write_atomically, write_json
+from .run_info import bf16_supported, hardware, peak_memory_mb, software
+from .sampling import ShuffledBatchSampler, length_sorted_batches
+
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class RunInputs:
+    """What a run trains on: the model, its preprocessor and the encoded splits."""
+
+    model: Any
+    preprocessor: Any
+    train_set: Any
+    eval_set: Any
+    label_names: list[str]
+    task: str
+    backbone: str
+    data_description: dict[str, Any]
+
+
+class FixedBatches(Sampler[list[int]]):
+    """A precomputed list of batches (``batch_size`` is what Accelerate's sharding reads)."""
+
+    def __init__(self, batches: list[list[int]], batch_size: int) -> None:
+        self.batches, self.batch_size = batches, batch_size
+
+    def __iter__(self):
+        yield from self.batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def resolve_mixed_precision(requested: str) -> str:
+    """``auto`` -> bf16 where the hardware runs it fast, else full precision."""
+    if requested != "auto":
+        return requested
+    return "bf16" if bf16_supported() else "no"
+
+
+def build_accelerator(config: RunConfig) -> Accelerator:
+    train = config.train
+    try:
+        accelerator = Accelerator(
+            mixed_precision=resolve_mixed_precision(train.mixed_precision),
+            gradient_accumulation_steps=train.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(split_batches=True),
+            log_with=train.trackers or None,
+        )
+    except (ValueError, ImportError) as error:
+        raise PoolftError(
+            f"cannot set up Accelerate ({str(error).splitlines()[0]}); check train.mixed_precision / trackers"
+        ) from None
+    if train.batch_size % accelerator.num_processes:
+        raise PoolftError(
+            f"train.batch_size={train.batch_size} is the global batch and must divide evenly over "
+            f"{accelerator.num_processes} processes; pick a multiple of {accelerator.num_processes}"
+        )
+    return accelerator
+
+
+def shared_on_main(accelerator: Accelerator, function: Any) -> Any:
+    """Run ``function`` on the main process and give its result (or its PoolftError) to all."""
+    payload = [None, None]
+    if accelerator.is_main_process:
+        try:
+            payload = [function(), None]
+        except PoolftError as error:
+            payload = [None, str(error)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(payload)
+    if payload[1] is not None:
+        raise PoolftError(payload[1])
+    return payload[0]
+
+
+def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
+    """Data, preprocessor and model for ``config`` (main process tokenizes first, others reuse the cache)."""
+    backbones.check_pooler(config.model)
+    backbone = backbones.resolve_backbone(config.model.backbone)
+    backbone_config = backbones.load_backbone_config(backbone, config.model)
+    with accelerator.main_process_first():
+        splits = load_splits(config.data)
+        backbones.check_modality(backbone, backbone_config, splits.task)
+        preprocessor = backbones.load_preprocessor(backbone, splits.task, config.model)
+        if splits.task == "image" and config.data.image_size:
+            # saved with the model, so predict/eval/pipeline resize to the trained size
+            preprocessor.size = {"height": config.data.image_size, "width": config.data.image_size}
+        if splits.task == "text":
+            from .text_data import check_max_length
+
+            check_max_length(config.data, preprocessor, backbones.max_positions(backbone_config))
+        train_set = encode_split(splits.train, preprocessor, splits.task, config.data, config.data.train_split)
+        eval_set = encode_split(splits.eval, preprocessor, splits.task, config.data, config.data.eval_split)
+    model = backbones.build_model(backbone, splits.task, config.model, splits.label_names)
+    return RunInputs(
+        model, preprocessor, train_set, eval_set, splits.label_names, splits.task, backbone, splits.description
+    )
+
+
+def make_loaders(config: RunConfig, inputs: RunInputs) -> tuple[DataLoader, DataLoader, ShuffledBatchSampler]:
+    """Training loader (seeded, length-grouped batches) and evaluation loader (length-sorted)."""
+    train_sampler = ShuffledBatchSampler(
+        example_lengths(inputs.train_set, inputs.task),
+        len(inputs.train_set),
+        config.train.batch_size,
+        seed=config.train.seed,
+        group_by_length=config.data.group_by_length,
+    )
+    eval_lengths = example_lengths(inputs.eval_set, inputs.task) or [0] * len(inputs.eval_set)
+    eval_batches = FixedBatches(
+        length_sorted_batches(eval_lengths, config.train.eval_batch_size), config.train.eval_batch_size
+    )
+    common = {"num_workers": config.data.num_workers, "generator": torch.Generator().manual_seed(config.train.seed)}
+    train_loader = DataLoader(
+        inputs.train_set,
+        batch_sampler=train_sampler,
+        collate_fn=make_collator(inputs.preprocessor, inputs.task, augment=config.data.augment),
+        **common,
+    )
+    eval_loader = DataLoader(
+        inputs.eval_set,
+        batch_sampler=eval_batches,
+        collate_fn=make_collator(inputs.preprocessor, inputs.task),
+        **common,
+    )
+    return train_loader, eval_loader, train_sampler
+
+
+def evaluate_model(model: Any, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
+    """Accuracy, macro-F1 and loss over the whole loader; each sample counted once across processes."""
+    model.eval()
+    predictions, references, losses = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            loss = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+            gathered = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"], loss))
+            predictions.append(gathered[0].cpu())
+            references.append(gathered[1].cpu())
+            losses.append(gathered[2].float().cpu())
+    model.train()
+    predictions_all, references_all = torch.cat(predictions), torch.cat(references)
+    metrics = classification_metrics(predictions_all.tolist(), references_all.tolist())
+    metrics["loss"] = float(torch.cat(losses).mean())
+    metrics["samples"] = int(references_all.numel())
+    return metrics
+
+
+def is_better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def default_output_dir(config: RunConfig) -> str:
+    head = "stock" if config.model.stock_head else config.model.pooler
+    return str(Path("runs") / f"{head}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+class StepLog:
+    """Appends one JSON line per optimiser step (main process) and feeds the trackers."""
+
+    def __init__(self, path: Path, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        self.stream = open(path, "a", encoding="utf-8") if accelerator.is_main_process else None  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.stream is not None:
+            self.stream.write(json.dumps(record) + "\n")
+            self.stream.flush()
+        if self.accelerator.trackers:
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+            self.accelerator.log(numbers, step=record["step"])
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+def train(config: RunConfig) -> dict[str, Any]:
+    """Run one training job; returns the metrics written to ``metrics.json``."""
+    started = time.perf_counter()
+    if config.train.torch_threads:
+        torch.set_num_threads(config.train.torch_threads)
+    accelerator = build_accelerator(config)
+    if config.train.output_dir is None:
+        config.train.output_dir = shared_on_main(accelerator, lambda: default_output_dir(config))
+    output_dir = Path(shared_on_main(accelerator, lambda: str(prepare_output_dir(config))))
+    set_seed(config.train.seed)
+    inputs = load_run_inputs(config, accelerator)
+    if accelerator.is_main_process:
+        write_atomically(output_dir / CONFIG_FILE, config_to_yaml(config))
+    model = inputs.model
+    if config.train.freeze_backbone:
+        freeze_backbone(model)
+    train_loader, eval_loader, train_sampler = make_loaders(config, inputs)
+    steps_per_epoch = math.ceil(len(train_loader) / config.train.gradient_accumulation_steps)
+    total_steps = config.train.max_steps or math.ceil(config.train.epochs * steps_per_epoch)
+    optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, config.train, total_steps)
+    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader, scheduler
+    )
+    if config.train.trackers:
+        accelerator.init_trackers("poolft", config=flat_config(config))
+
+    state = TrainerState()
+    if config.train.resume_from_checkpoint:
+        state = resume(accelerator, output_dir, config.train.resume_from_checkpoint) or state
+        accelerator.step = state.accumulate_calls
+
+    log = StepLog(output_dir / LOG_FILE, accelerator)
+    progress = tqdm(
+        total=total_steps,
+        initial=state.global_step,
+        desc="train",
+        disable=not (accelerator.is_local_main_process and config.train.progress),
+        dynamic_ncols=True,
+    )
+    model.train()
+    window_start, window_samples, window_loss, window_batches = time.perf_counter(), 0, 0.0, 0
+    while state.global_step < total_steps:
+        train_sampler.set_epoch(state.epoch)
+        loader = train_loader
+        if state.batches_in_epoch:
+            loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+        step_started = time.perf_counter()
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
+                finite = bool(torch.isfinite(mean_loss))
+                if finite:
+                    accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and finite and config.train.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+                if finite:
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad()
+            if not finite:
+                handle_nonfinite(config, state, output_dir)
+            state.batches_in_epoch += 1
+            state.accumulate_calls += 1
+            batch_samples = batch["labels"].numel() * accelerator.num_processes
+            state.samples_seen += batch_samples
+            window_samples += batch_samples
+            window_loss += float(mean_loss) if finite else 0.0
+            window_batches += 1 if finite else 0
+            if not accelerator.sync_gradients:
+                continue
+            state.global_step += 1
+            now = time.perf_counter()
+            state.train_seconds += now - step_started
+            record = {
+                "step": state.global_step,
+                "epoch": state.epoch + state.batches_in_epoch / max(len(train_loader), 1),
+                "loss": window_loss / max(window_batches, 1),
+                **learning_rates(optimizer),
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "samples_per_second": window_samples / max(now - window_start, 1e-9),
+            }
+            log.write(record)
+            progress.update(1)
+            if state.global_step % config.train.log_every_steps == 0 or state.global_step == 1:
+                progress.set_postfix(
+                    loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_second']:.1f}"
+                )
+            window_start, window_samples, window_loss, window_batches = now, 0, 0.0, 0
+            every = config.train.eval_every_steps
+            if every and state.global_step % every == 0:
+                run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log)
+            save_every = config.train.save_every_steps
+            if save_every and state.global_step % save_every == 0 and state.global_step < total_steps:
+                save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
+            if state.global_step >= total_steps:
+                break
+            step_started = time.perf_counter()
+        else:  # the epoch ran out
+            state.epoch += 1
+            state.batches_in_epoch = 0
+            if config.train.eval_every_epoch:
+                run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log)
+            if state.global_step < total_steps:
+                save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
+            continue
+        break
+    progress.close()
+
+    if state.last_metrics.get("step") != state.global_step:
+        run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log)
+    save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
+    metrics = run_summary(config, inputs, state, started, accelerator)
+    if accelerator.is_main_process:
+        card = model_card(config, metrics, inputs.label_names, inputs.task)
+        save_model_atomically(accelerator.unwrap_model(model), inputs.preprocessor, output_dir, {"README.md": card})
+        write_json(output_dir / "metrics.json", metrics)
+    log.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def resume(accelerator: Accelerator, output_dir: Path, request: str) -> TrainerState | None:
+    """Load the requested checkpoint; ``latest`` with none saved yet starts from scratch."""
+    report = accelerator.print
+    folder = resolve_checkpoint(output_dir, request, report=report)
+    if folder is None:
+        report(f"poolft: no intact checkpoint in {output_dir}; starting from the beginning")
+        return None
+    report(f"poolft: resuming from {folder}")
+    return load_checkpoint(accelerator, folder)
+
+
+def handle_nonfinite(config: RunConfig, state: TrainerState, output_dir: Path) -> None:
+    """Stop on a NaN/inf loss (the last checkpoint stays), or count the skipped step."""
+    if config.train.nonfinite_loss == "skip":
+        state.skipped_nonfinite_steps += 1
+        return
+    raise PoolftError(
+        f"the loss became NaN/inf at step {state.global_step + 1}; lower train.learning_rate or use "
+        f"train.mixed_precision=no (checkpoints in {output_dir / 'checkpoints'} are untouched), or set "
+        "train.nonfinite_loss=skip"
+    )
+
+
+def run_evaluation(
+    config: RunConfig,
+    accelerator: Accelerator,
+    model: Any,
+    eval_loader: DataLoader,
+    inputs: RunInputs,
+    state: TrainerState,
+    output_dir: Path,
+    log: StepLog,
+) -> None:
+    """Evaluate, log, and keep the best model (by ``train.metric_for_best``) in ``output_dir/best``."""
+    metrics = evaluate_model(model, eval_loader, accelerator)
+    metrics["step"] = state.global_step
+    state.last_metrics = metrics
+    log.write({"step": state.global_step, **{f"eval_{k}": v for k, v in metrics.items() if k != "step"}})
+    accelerator.print(
+        f"poolft: step {state.global_step} eval accuracy {metrics['accuracy']:.4f} "
+        f"macro_f1 {metrics['macro_f1']:.4f} loss {metrics['loss']:.4f} ({metrics['samples']} samples)"
+    )
+    key = config.train.metric_for_best
+    if is_better(key, metrics[key], state.best_metric):
+        state.best_metric, state.best_step, state.best_metrics = metrics[key], state.global_step, metrics
+        if accelerator.is_main_process:
+            save_model_atomically(accelerator.unwrap_model(model), inputs.preprocessor, output_dir / "best", {})
+    accelerator.wait_for_everyone()
+
+
+def run_summary(
+    config: RunConfig, inputs: RunInputs, state: TrainerState, started: float, accelerator: Accelerator
+) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    return {
+        "final": state.last_metrics,
+        "best": {**state.best_metrics, "metric": config.train.metric_for_best},
+        "global_step": state.global_step,
+        "epochs_completed": state.epoch,
+        "train_samples_seen": state.samples_seen,
+        "train_seconds": state.train_seconds,
+        "train_samples_per_second": state.samples_seen / state.train_seconds if state.train_seconds else None,
+        "wall_seconds": time.perf_counter() - started,
+        "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "task": inputs.task,
+        "backbone": inputs.backbone,
+        "label_names": inputs.label_names,
+        "train_size": len(inputs.train_set),
+        "eval_size": len(inputs.eval_set),
+        "data": inputs.data_description,
+        "hardware": hardware(),
+        "software": software(),
+        **peak_memory_mb(),
+        "trainer_state": asdict(state),
+    }
+
+
+def learning_rates(optimizer: Any) -> dict[str, float]:
+    """``{"lr": backbone rate, "head_lr": head rate}`` read from the named parameter groups."""
+    rates = {group["name"].split("-")[0]: group["lr"] for group in optimizer.param_groups}
+    return {"lr": rates.get("backbone", 0.0), "head_lr": rates.get("head", 0.0)}
+
+
+def flat_config(config: RunConfig) -> dict[str, Any]:
+    """``{"train.learning_rate": ...}`` with scalar values only (for trackers' hparams)."""
+    flat = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat

@@ -1,0 +1,138 @@
+"""Shared fixtures: tiny, offline backbones saved in Hugging Face format.
+
+Each fixture builds its backbone once per test session from a config (random weights, fixed
+seed), saves it with ``save_pretrained`` into a temporary folder together with its preprocessor,
+and returns that folder. Load them as you would a Hub checkpoint::
+
+    AutoModel.from_pretrained(tiny_bert_dir)
+    AutoTokenizer.from_pretrained(tiny_bert_dir)
+    PoolftForSequenceClassification.from_backbone(tiny_bert_dir, pooler="mean", num_labels=3)
+
+Nothing is downloaded: ``HF_HUB_OFFLINE`` is set before ``transformers`` is imported.
+
+The saved weights are the framework's random init plus a seeded perturbation, so LayerNorm
+weights are not 1, biases are not 0 and the backbone's own pooler is not at its init: a test can
+tell "kept the pretrained weights" from "re-initialised them".
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    PreTrainedModel,
+    ViTConfig,
+    ViTImageProcessor,
+    ViTModel,
+)
+
+#: hidden width of both tiny backbones
+TINY_HIDDEN = 32
+#: ViT input side and patch: a 4 x 4 patch grid plus the CLS token
+TINY_IMAGE_SIZE = 28
+TINY_PATCH_SIZE = 7
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = (
+    "the a an this that it is was were be not very so too and but or of on in to for with at by "
+    "movie film story plot actor actors acting scene scenes music ending book cat dog mat sat "
+    "good great fine nice fun love loved like liked best bad awful boring dull poor worst hate "
+    "hated really quite just even more most than all"
+).split()
+SUBWORDS = ["##s", "##ed", "##ing", "##ly", "##er", "##est", "##y"]
+CHARACTERS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
+
+#: the tiny WordPiece vocabulary: specials first ([PAD] = 0), whole words, suffixes, characters
+TINY_VOCAB = SPECIAL_TOKENS + WORDS + SUBWORDS + CHARACTERS + [f"##{c}" for c in CHARACTERS if c.isalnum()]
+
+#: sentences of different lengths that tokenize into real (known) word pieces
+TINY_TEXTS = [
+    "the movie was great",
+    "a boring film with awful acting and a dull plot",
+    "loved it",
+    "the actors were not bad but the ending was really the worst",
+    "cats sat on the mat",
+]
+
+
+def _perturb(model: PreTrainedModel, seed: int) -> PreTrainedModel:
+    """Move every parameter off its init so re-initialisation cannot go unnoticed."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+def build_tiny_bert(folder: Path, *, num_hidden_layers: int = 2, seed: int = 0) -> Path:
+    """Save a tiny BERT (with its pooler) and a real WordPiece tokenizer into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizer(vocab=str(vocab_file), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=TINY_HIDDEN,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = _perturb(BertModel(config, add_pooling_layer=True), seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_vit(folder: Path, *, num_hidden_layers: int = 2, seed: int = 0) -> Path:
+    """Save a tiny ViT (28 px, patch 7, with its pooler) and a ``ViTImageProcessor`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = ViTConfig(
+        hidden_size=TINY_HIDDEN,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH_SIZE,
+        num_channels=3,
+    )
+    torch.manual_seed(seed)
+    model = _perturb(ViTModel(config, add_pooling_layer=True), seed)
+    model.save_pretrained(folder)
+    processor = ViTImageProcessor(
+        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a tiny BERT (2 layers, hidden 32, with pooler) and its WordPiece tokenizer."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with a tiny ViT (2 layers, hidden 32, 28 px, patch 7, with pooler) and its image processor."""
+    return build_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> list[str]:
+    """A few sentences of different lengths covered by the tiny vocabulary."""
+    return list(TINY_TEXTS)

@@ -1,0 +1,645 @@
+"""Every pooling head against an independent, loop-based reference.
+
+The references below are written from the documented semantics only: they loop over examples,
+windows, queries and heads in plain Python, compute in float64, and read nothing from
+``poolft.pooling`` except the head's own parameters (and, for ``window``, its ``options``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from poolft import build_pooler
+
+HIDDEN = 16
+TOKENS = 10
+
+# (batch=5, tokens=10) masks; every row of every kind has at least one real token after 2 prefix
+# positions except where noted, so prefix 0/1/2 all exercise real tokens.
+MASKS = {
+    "right": [
+        [1] * 10,
+        [1] * 7 + [0] * 3,
+        [1] * 3 + [0] * 7,
+        [1] * 4 + [0] * 6,
+        [1] * 5 + [0] * 5,
+    ],
+    "left": [
+        [1] * 10,
+        [0] * 3 + [1] * 7,
+        [0] * 7 + [1] * 3,
+        [0] * 6 + [1] * 4,
+        [0] * 9 + [1],
+    ],
+    "interior": [
+        [1, 0, 1, 1, 0, 1, 0, 0, 1, 1],
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+        [1, 1, 1, 1, 1, 0, 1, 1, 1, 1],
+        [0, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+    ],
+    # an all-padding row, a row whose only real tokens are (for prefix 2) the prefix, short rows
+    "empty_rows": [
+        [0] * 10,
+        [1, 1] + [0] * 8,
+        [1, 1, 1] + [0] * 7,
+        [0, 0, 0, 0, 1, 1, 0, 0, 0, 0],
+        [1] * 10,
+    ],
+}
+MASK_KINDS = list(MASKS)
+PREFIXES = [0, 1, 2]
+
+FP32_TOL = {"rtol": 1e-5, "atol": 1e-5}
+LOW_PRECISION_TOL = {torch.bfloat16: {"rtol": 4e-2, "atol": 4e-2}, torch.float16: {"rtol": 5e-3, "atol": 5e-3}}
+
+
+# ----------------------------------------------------------------------------------------------
+# references
+# ----------------------------------------------------------------------------------------------
+
+
+def real_positions(mask_row: list[int], first: int) -> list[int]:
+    """Positions ``t >= first`` whose mask is nonzero, in order."""
+    return [t for t, m in enumerate(mask_row) if m != 0 and t >= first]
+
+
+def reduce_vectors(vectors: list[torch.Tensor], how: str, hidden: int) -> torch.Tensor:
+    """Max or mean of a list of float64 vectors; zeros for an empty list."""
+    if not vectors:
+        return torch.zeros(hidden, dtype=torch.float64)
+    if how == "max":
+        result = vectors[0].clone()
+        for vector in vectors[1:]:
+            result = torch.maximum(result, vector)
+        return result
+    total = torch.zeros(hidden, dtype=torch.float64)
+    for vector in vectors:
+        total = total + vector
+    return total / len(vectors)
+
+
+def params(module: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    return module.weight.detach().double(), module.bias.detach().double()
+
+
+def ref_cls(head, x, mask, prefix):
+    batch, _, hidden = x.shape
+    rows = []
+    for b in range(batch):
+        positions = real_positions(mask[b], 0)  # prefix tokens are NOT skipped by cls
+        if not positions:
+            rows.append(torch.zeros(hidden, dtype=torch.float64))
+            continue
+        vector = x[b, positions[0]]
+        if head.options["dense"]:
+            weight, bias = params(head.dense)
+            vector = torch.tanh(weight @ vector + bias)
+        rows.append(vector)
+    return torch.stack(rows)
+
+
+def ref_mean(head, x, mask, prefix):
+    hidden = x.shape[-1]
+    return torch.stack(
+        [reduce_vectors([x[b, t] for t in real_positions(mask[b], prefix)], "mean", hidden) for b in range(len(x))]
+    )
+
+
+def ref_max(head, x, mask, prefix):
+    hidden = x.shape[-1]
+    return torch.stack(
+        [reduce_vectors([x[b, t] for t in real_positions(mask[b], prefix)], "max", hidden) for b in range(len(x))]
+    )
+
+
+def ref_meanmax(head, x, mask, prefix):
+    return torch.cat([ref_mean(head, x, mask, prefix), ref_max(head, x, mask, prefix)], dim=1)
+
+
+def ref_gem(head, x, mask, prefix):
+    hidden = x.shape[-1]
+    p = max(float(head.p.detach().double()), 1e-2)
+    eps = head.options["eps"]
+    rows = []
+    for b in range(len(x)):
+        positions = real_positions(mask[b], prefix)
+        if not positions:
+            rows.append(torch.zeros(hidden, dtype=torch.float64))
+            continue
+        total = torch.zeros(hidden, dtype=torch.float64)
+        for t in positions:
+            total = total + x[b, t].clamp(min=eps) ** p
+        rows.append((total / len(positions)).clamp(min=eps) ** (1.0 / p))
+    return torch.stack(rows)
+
+
+def ref_attention_with_weights(head, x, mask, prefix):
+    """Per example, per query, per head softmax over the real non-prefix tokens."""
+    batch, tokens, hidden = x.shape
+    heads, queries = head.options["num_heads"], head.options["num_queries"]
+    dim = hidden // heads
+    query = head.query.detach().double()
+    key_w, key_b = params(head.key)
+    value_w, value_b = params(head.value)
+    out_w, out_b = params(head.output)
+    weights = torch.zeros(batch, heads, queries, tokens, dtype=torch.float64)
+    rows = []
+    for b in range(batch):
+        positions = real_positions(mask[b], prefix)
+        if not positions:
+            rows.append(torch.zeros(hidden, dtype=torch.float64))
+            continue
+        keys = [key_w @ x[b, t] + key_b for t in positions]
+        values = [value_w @ x[b, t] + value_b for t in positions]
+        parts = []
+        for q in range(queries):
+            for h in range(heads):
+                part = slice(h * dim, (h + 1) * dim)
+                scores = [float(query[q, part] @ key[part]) / math.sqrt(dim) for key in keys]
+                top = max(scores)
+                exps = [math.exp(s - top) for s in scores]
+                norm = sum(exps)
+                attended = torch.zeros(dim, dtype=torch.float64)
+                for t, e, value in zip(positions, exps, values):
+                    weights[b, h, q, t] = e / norm
+                    attended = attended + (e / norm) * value[part]
+                parts.append(attended)
+        rows.append(out_w @ torch.cat(parts) + out_b)
+    return torch.stack(rows), weights
+
+
+def ref_attention(head, x, mask, prefix):
+    return ref_attention_with_weights(head, x, mask, prefix)[0]
+
+
+def floor_div(a: int, b: int) -> int:
+    return a // b
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def ref_window_adaptive(x, mask, prefix, levels, how):
+    batch, _, hidden = x.shape
+    rows = []
+    for b in range(batch):
+        positions = real_positions(mask[b], prefix)
+        n = len(positions)
+        feats = []
+        for k in levels:
+            for j in range(k):
+                start, end = floor_div(j * n, k), ceil_div((j + 1) * n, k)
+                feats.append(reduce_vectors([x[b, positions[r]] for r in range(start, end)], how, hidden))
+        rows.append(torch.cat(feats))
+    return torch.stack(rows)
+
+
+def ref_window_grid(x, mask, prefix, grid_size, levels, how):
+    batch, _, hidden = x.shape
+    height, width = grid_size
+    assert x.shape[1] == prefix + height * width
+    rows = []
+    for b in range(batch):
+        feats = []
+        for k in levels:
+            for bin_row in range(k):
+                row_lo, row_hi = floor_div(bin_row * height, k), ceil_div((bin_row + 1) * height, k)
+                for bin_col in range(k):
+                    col_lo, col_hi = floor_div(bin_col * width, k), ceil_div((bin_col + 1) * width, k)
+                    members = []
+                    for r in range(row_lo, row_hi):
+                        for c in range(col_lo, col_hi):
+                            t = prefix + r * width + c
+                            if mask[b][t] != 0:
+                                members.append(x[b, t])
+                    feats.append(reduce_vectors(members, how, hidden))
+        rows.append(torch.cat(feats))
+    return torch.stack(rows)
+
+
+def sliding_windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """Windows start at 0, stride, 2*stride... while inside the row and the previous one ended early."""
+    windows = []
+    start = 0
+    while start < n:
+        windows.append((start, min(start + size, n)))
+        if start + size >= n:
+            break
+        start += stride
+    return windows
+
+
+def ref_window_sliding(x, mask, prefix, size, stride, how, how_windows):
+    batch, _, hidden = x.shape
+    rows = []
+    for b in range(batch):
+        positions = real_positions(mask[b], prefix)
+        per_window = [
+            reduce_vectors([x[b, positions[r]] for r in range(start, end)], how, hidden)
+            for start, end in sliding_windows(len(positions), size, stride)
+        ]
+        rows.append(reduce_vectors(per_window, how_windows, hidden))
+    return torch.stack(rows)
+
+
+def ref_window_features(head, x, mask, prefix, grid_size=None):
+    opts = head.options
+    if opts["mode"] == "sliding":
+        return ref_window_sliding(
+            x, mask, prefix, opts["window_size"], opts["stride"], opts["reduce"], opts["reduce_windows"]
+        )
+    if opts["grid"]:
+        return ref_window_grid(x, mask, prefix, grid_size, opts["levels"], opts["reduce"])
+    return ref_window_adaptive(x, mask, prefix, opts["levels"], opts["reduce"])
+
+
+def ref_window(head, x, mask, prefix, grid_size=None):
+    feats = ref_window_features(head, x, mask, prefix, grid_size)
+    if not head.options["project"]:
+        return feats
+    weight, bias = params(head.projection)
+    rows = []
+    for b in range(len(x)):
+        if real_positions(mask[b], prefix):
+            rows.append(weight @ feats[b] + bias)
+        else:
+            rows.append(torch.zeros(x.shape[-1], dtype=torch.float64))
+    return torch.stack(rows)
+
+
+REFERENCES = {
+    "cls": ref_cls,
+    "mean": ref_mean,
+    "max": ref_max,
+    "meanmax": ref_meanmax,
+    "gem": ref_gem,
+    "attention": ref_attention,
+}
+
+
+def reference(head, x, mask, prefix=0, grid_size=None):
+    """Float64 reference output of ``head`` for ``x`` (any dtype) and a list-of-lists mask."""
+    x = x.detach().double()
+    if head.name == "window":
+        return ref_window(head, x, mask, prefix, grid_size)
+    return REFERENCES[head.name](head, x, mask, prefix)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def make_head(name: str, seed: int = 0, **options):
+    torch.manual_seed(seed)
+    head = build_pooler(name, HIDDEN, **options)
+    with torch.no_grad():  # move every parameter off its init so the references see "trained" weights
+        for param in head.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return head.eval()
+
+
+def make_states(mask: list[list[int]], seed: int, hidden: int = HIDDEN) -> torch.Tensor:
+    """Random states; padding positions get large garbage so a leak shows up in the comparison."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(mask), len(mask[0]), hidden, generator=generator)
+    padding = torch.tensor(mask) == 0
+    x[padding] = 1e4 * torch.randn(int(padding.sum()), hidden, generator=generator)
+    return x
+
+
+def run_head(head, x, mask, prefix=0, grid_size=None):
+    with torch.no_grad():
+        return head(x, torch.tensor(mask), num_prefix_tokens=prefix, grid_size=grid_size)
+
+
+def check_against_reference(head, x, mask, prefix=0, grid_size=None, exact=False):
+    out = run_head(head, x, mask, prefix, grid_size)
+    expected = reference(head, x, mask, prefix, grid_size)
+    assert out.shape == (len(mask), head.output_dim)
+    assert out.dtype == torch.float32
+    if exact:
+        torch.testing.assert_close(out, expected.float(), rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(out.double(), expected, **FP32_TOL)
+
+
+SEQUENCE_HEADS = [
+    ("cls", {}),
+    ("cls", {"dense": True}),
+    ("mean", {}),
+    ("max", {}),
+    ("meanmax", {}),
+    ("gem", {}),
+    ("gem", {"p": 1.5, "eps": 1e-4, "learn_p": False}),
+    ("attention", {}),
+    ("attention", {"num_queries": 2, "num_heads": 2}),
+    ("attention", {"num_queries": 3, "num_heads": 1}),
+    ("attention", {"num_queries": 1, "num_heads": 16}),
+]
+
+
+def head_id(spec):
+    name, options = spec
+    return name + "".join(f"-{key}={value}" for key, value in options.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# fp32: cls / mean / max / meanmax / gem / attention
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("spec", SEQUENCE_HEADS, ids=head_id)
+def test_sequence_heads_match_reference(spec, kind, prefix):
+    name, options = spec
+    head = make_head(name, **options)
+    mask = MASKS[kind]
+    x = make_states(mask, seed=10 * MASK_KINDS.index(kind) + prefix)
+    check_against_reference(head, x, mask, prefix, exact=name in ("max", "cls") and not options)
+
+
+@pytest.mark.parametrize("spec", SEQUENCE_HEADS, ids=head_id)
+def test_no_mask_means_all_tokens_real(spec):
+    name, options = spec
+    head = make_head(name, **options)
+    x = torch.randn(3, 7, HIDDEN)
+    mask = [[1] * 7] * 3
+    with torch.no_grad():
+        out = head(x, None, num_prefix_tokens=1)
+    torch.testing.assert_close(out.double(), reference(head, x, mask, 1), **FP32_TOL)
+
+
+def test_mask_dtypes_bool_float_long_agree():
+    head = make_head("attention")
+    mask = MASKS["interior"]
+    x = make_states(mask, seed=3)
+    outs = [
+        head(x, torch.tensor(mask, dtype=dtype), num_prefix_tokens=1)
+        for dtype in (torch.bool, torch.float32, torch.long)
+    ]
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+
+
+def test_cls_reads_first_real_token_exactly():
+    head = make_head("cls")
+    mask = MASKS["left"]
+    x = make_states(mask, seed=7)
+    out = run_head(head, x, mask, prefix=2)  # prefix must not matter for cls
+    for b, row in enumerate(mask):
+        assert torch.equal(out[b], x[b, row.index(1)])
+
+
+def test_cls_dense_is_tanh_of_dense_of_first_real_token():
+    head = make_head("cls", dense=True)
+    mask = MASKS["interior"]
+    x = make_states(mask, seed=8)
+    out = run_head(head, x, mask)
+    with torch.no_grad():
+        for b, row in enumerate(mask):
+            expected = torch.tanh(head.dense(x[b, row.index(1)]))
+            torch.testing.assert_close(out[b], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_gem_matches_power_mean_and_limits():
+    mask = MASKS["right"]
+    x = make_states(mask, seed=9).abs() + 0.1
+    # p=1 on positive inputs is the mean
+    head = make_head("gem", p=1.0, learn_p=False)
+    with torch.no_grad():
+        head.p.fill_(1.0)
+    torch.testing.assert_close(run_head(head, x, mask), run_head(make_head("mean"), x, mask), **FP32_TOL)
+    # the learned p is what is used
+    head = make_head("gem")
+    with torch.no_grad():
+        head.p.fill_(4.25)
+    check_against_reference(head, x, mask, prefix=1)
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("spec", [s for s in SEQUENCE_HEADS if s[0] == "attention"], ids=head_id)
+def test_attention_weights_match_reference(spec, kind, prefix):
+    head = make_head(spec[0], **spec[1])
+    mask = MASKS[kind]
+    x = make_states(mask, seed=11)
+    with torch.no_grad():
+        pooled, weights = head.forward_with_weights(x, torch.tensor(mask), num_prefix_tokens=prefix)
+    expected_pooled, expected_weights = ref_attention_with_weights(head, x.double(), mask, prefix)
+    torch.testing.assert_close(pooled.double(), expected_pooled, **FP32_TOL)
+    batch, tokens = len(mask), len(mask[0])
+    assert weights.shape == (batch, spec[1].get("num_heads", 4), spec[1].get("num_queries", 1), tokens)
+    assert weights.dtype == torch.float32
+    torch.testing.assert_close(weights.double(), expected_weights, rtol=1e-5, atol=1e-6)
+    for b in range(batch):
+        real = real_positions(mask[b], prefix)
+        others = [t for t in range(tokens) if t not in real]
+        assert torch.all(weights[b][..., others] == 0)
+        if real:
+            sums = weights[b][..., real].sum(-1)
+            torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-6)
+            assert torch.all(weights[b][..., real] > 0)
+        else:
+            assert torch.all(weights[b] == 0)
+    # forward() returns the same pooled vector as forward_with_weights()
+    assert torch.equal(run_head(head, x, mask, prefix), pooled)
+
+
+# ----------------------------------------------------------------------------------------------
+# fp32: window (adaptive sequence windows, grid bins, sliding)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("project", [False, True])
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+@pytest.mark.parametrize("levels", [(1, 2, 4), (3,), (5, 1)], ids=str)
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_window_adaptive_matches_reference(kind, prefix, levels, reduce, project):
+    head = make_head("window", levels=levels, reduce=reduce, project=project)
+    mask = MASKS[kind]
+    x = make_states(mask, seed=13)
+    if not project:
+        assert head.output_dim == HIDDEN * sum(levels)
+    # max windows pick existing values, so the raw concatenation must match bit for bit
+    check_against_reference(head, x, mask, prefix, exact=(reduce == "max" and not project))
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+@pytest.mark.parametrize("levels", [(1, 2, 4), (3,), (7,)], ids=str)
+def test_window_adaptive_fewer_tokens_than_windows(levels, reduce):
+    # rows with n = 1, 2, 3 (< k) real tokens, n = 0, and n = k
+    mask = [
+        [1, 0, 0, 0, 0, 0, 0],
+        [0, 1, 0, 0, 1, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1],
+    ]
+    head = make_head("window", levels=levels, reduce=reduce, project=False)
+    x = make_states(mask, seed=17)
+    out = run_head(head, x, mask)
+    torch.testing.assert_close(out.double(), ref_window_adaptive(x.double(), mask, 0, levels, reduce), **FP32_TOL)
+    # a single real token fills every window of every level with itself
+    assert torch.equal(out[0], x[0, 0].repeat(sum(levels)))
+
+
+def test_window_adaptive_explicit_bounds():
+    """Hand-computed windows for n=5, k=2: ranks [0, 3) and [2, 5) (they overlap by one)."""
+    head = make_head("window", levels=(2,), reduce="mean", project=False)
+    x = torch.arange(1.0, 8.0).view(1, 7, 1).expand(1, 7, HIDDEN).contiguous()
+    mask = torch.tensor([[1, 0, 1, 1, 1, 0, 1]])  # real values 1, 3, 4, 5, 7
+    out = head(x, mask).view(2, HIDDEN)
+    torch.testing.assert_close(out[0], torch.full((HIDDEN,), (1 + 3 + 4) / 3))
+    torch.testing.assert_close(out[1], torch.full((HIDDEN,), (4 + 5 + 7) / 3))
+
+
+GRIDS = [(4, 4), (3, 5), (5, 3), (1, 1), (2, 7)]
+
+
+def grid_mask(batch: int, prefix: int, grid_size: tuple[int, int], seed: int) -> list[list[int]]:
+    height, width = grid_size
+    generator = torch.Generator().manual_seed(seed)
+    rows = [[1] * (prefix + height * width)]  # full image
+    holes = (torch.rand(batch - 2, height * width, generator=generator) > 0.35).long().tolist()
+    rows += [[1] * prefix + hole for hole in holes]  # masked patches
+    rows.append([1] * prefix + [0] * (height * width))  # no real patch at all
+    return rows
+
+
+@pytest.mark.parametrize("project", [False, True])
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+@pytest.mark.parametrize("levels", [(1, 2, 4), (3,), (1, 2, 3)], ids=str)
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("grid_size", GRIDS, ids=str)
+def test_window_grid_matches_reference(grid_size, prefix, levels, reduce, project):
+    head = make_head("window", levels=levels, reduce=reduce, project=project, grid=True)
+    mask = grid_mask(4, prefix, grid_size, seed=sum(grid_size) + prefix)
+    x = make_states(mask, seed=19)
+    if not project:
+        assert head.output_dim == HIDDEN * sum(k * k for k in levels)
+    check_against_reference(head, x, mask, prefix, grid_size, exact=(reduce == "max" and not project))
+
+
+def test_window_grid_bins_are_row_major_with_explicit_bounds():
+    """A 3x5 grid at level 2: rows [0,2), [1,3); cols [0,3), [2,5); bins in row-major order."""
+    height, width = 3, 5
+    head = make_head("window", levels=(2,), reduce="max", project=False, grid=True)
+    values = torch.arange(height * width, dtype=torch.float32)  # patch (r, c) holds r*5 + c
+    x = torch.cat([torch.full((1,), -1.0), values]).view(1, -1, 1).expand(1, -1, HIDDEN).contiguous()
+    out = head(x, None, num_prefix_tokens=1, grid_size=(height, width)).view(4, HIDDEN)[:, 0]
+    # max of each bin is its bottom-right patch: (1,2)=7, (1,4)=9, (2,2)=12, (2,4)=14
+    assert out.tolist() == [7.0, 9.0, 12.0, 14.0]
+    head = make_head("window", levels=(2,), reduce="mean", project=False, grid=True)
+    out = head(x, None, num_prefix_tokens=1, grid_size=(height, width)).view(4, HIDDEN)[:, 0]
+    expected = []
+    for rows in ((0, 1), (1, 2)):
+        for cols in ((0, 1, 2), (2, 3, 4)):
+            expected.append(sum(r * width + c for r in rows for c in cols) / 6)
+    torch.testing.assert_close(out, torch.tensor(expected))
+
+
+SLIDING = [
+    (3, 2, "max", "max"),
+    (3, 2, "mean", "max"),
+    (4, 4, "mean", "mean"),
+    (2, 5, "max", "mean"),  # stride > window: tokens between windows are skipped
+    (8, 4, "max", "max"),  # default window, longer than most rows
+    (1, 1, "mean", "mean"),
+    (5, 1, "max", "mean"),
+]
+
+
+@pytest.mark.parametrize("project", [False, True])
+@pytest.mark.parametrize("prefix", PREFIXES)
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("sliding", SLIDING, ids=str)
+def test_window_sliding_matches_reference(sliding, kind, prefix, project):
+    size, stride, reduce, reduce_windows = sliding
+    head = make_head(
+        "window",
+        mode="sliding",
+        window_size=size,
+        stride=stride,
+        reduce=reduce,
+        reduce_windows=reduce_windows,
+        project=project,
+    )
+    mask = MASKS[kind]
+    x = make_states(mask, seed=23)
+    check_against_reference(head, x, mask, prefix, exact=(reduce == reduce_windows == "max" and not project))
+
+
+def test_sliding_windows_reference_itself():
+    """Pin the reference's window list so the reference cannot drift with the code under test."""
+    assert sliding_windows(0, 3, 2) == []
+    assert sliding_windows(2, 3, 2) == [(0, 2)]
+    assert sliding_windows(7, 3, 2) == [(0, 3), (2, 5), (4, 7)]
+    assert sliding_windows(8, 3, 2) == [(0, 3), (2, 5), (4, 7), (6, 8)]
+    assert sliding_windows(9, 2, 5) == [(0, 2), (5, 7)]
+    assert sliding_windows(5, 2, 5) == [(0, 2)]
+
+
+def test_window_sliding_explicit_values():
+    """n=6 real values 1..6, window 3, stride 2: windows [1,2,3], [3,4,5], [5,6]."""
+    head = make_head(
+        "window", mode="sliding", window_size=3, stride=2, reduce="mean", reduce_windows="max", project=False
+    )
+    x = torch.tensor([0.0, 1, 2, 3, 4, 5, 6, 100]).view(1, 8, 1).expand(1, 8, HIDDEN).contiguous()
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]])
+    out = head(x, mask, num_prefix_tokens=1)
+    torch.testing.assert_close(out, torch.full((1, HIDDEN), 5.5))
+    head = make_head(
+        "window", mode="sliding", window_size=3, stride=2, reduce="max", reduce_windows="mean", project=False
+    )
+    torch.testing.assert_close(head(x, mask, num_prefix_tokens=1), torch.full((1, HIDDEN), (3 + 5 + 6) / 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# bf16 / fp16: finite and close to the fp32 reference of the same (rounded) inputs and weights
+# ----------------------------------------------------------------------------------------------
+
+LOW_PRECISION_HEADS = SEQUENCE_HEADS + [
+    ("window", {}),
+    ("window", {"reduce": "mean", "project": False}),
+    ("window", {"levels": (3,), "reduce": "mean"}),
+    ("window", {"mode": "sliding", "window_size": 3, "stride": 2}),
+    ("window", {"mode": "sliding", "window_size": 4, "stride": 3, "reduce": "mean", "reduce_windows": "mean"}),
+    ("window", {"grid": True}),
+    ("window", {"grid": True, "reduce": "mean", "project": False}),
+    ("window", {"grid": True, "reduce": "max", "project": False, "levels": (3,)}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("spec", LOW_PRECISION_HEADS, ids=head_id)
+def test_low_precision_matches_fp32_reference(spec, dtype):
+    name, options = spec
+    head = copy.deepcopy(make_head(name, **options)).to(dtype)
+    cases = []
+    if options.get("grid"):
+        for grid_size in [(3, 5), (1, 1), (4, 4)]:
+            for prefix in (0, 1):
+                cases.append((grid_mask(4, prefix, grid_size, seed=5), prefix, grid_size))
+    else:
+        for kind in MASK_KINDS:
+            for prefix in (0, 2):
+                cases.append((MASKS[kind], prefix, None))
+    for mask, prefix, grid_size in cases:
+        x = torch.randn(len(mask), len(mask[0]), HIDDEN, generator=torch.Generator().manual_seed(29))
+        x = torch.where(torch.tensor(mask).bool()[..., None], x, 3e4).to(dtype)  # fp16-finite garbage
+        with torch.no_grad():
+            out = head(x, torch.tensor(mask), num_prefix_tokens=prefix, grid_size=grid_size)
+        assert out.dtype == dtype
+        assert out.shape == (len(mask), head.output_dim)
+        assert torch.isfinite(out).all()
+        expected = reference(head, x, mask, prefix, grid_size)  # float64 from the same rounded numbers
+        torch.testing.assert_close(out.double(), expected, **LOW_PRECISION_TOL[dtype])
