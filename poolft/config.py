@@ -258,7 +258,9 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             return float(value)
         raise PoolftError(f"{name} must be a number, got {value!r}")
     if annotation is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads the words no/yes/off/on as booleans
+            return "no" if value is False else "yes"
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise PoolftError(f"{name} must be a string, got {value!r}")
     if origin is list:

@@ -33,7 +33,7 @@ def model_card(config: RunConfig, metrics: dict[str, Any], label_names: list[str
         "",
         f"- Backbone: `{metrics.get('backbone', model.backbone)}`",
         f"- Pooling head: {head}; hidden layers {model.hidden_layers}",
-        f"- Data: `{data.path}` train split `{data.train_split}` ({metrics.get('train_size')} examples), "
+        f"- Data: `{data_source(config)}` train split `{data.train_split}` ({metrics.get('train_size')} examples), "
         f"evaluated on `{data.eval_split}` ({metrics.get('eval_size')} examples)",
         f"- Labels: {', '.join(label_names)}",
         "",
@@ -66,6 +66,14 @@ def model_card(config: RunConfig, metrics: dict[str, Any], label_names: list[str
         "",
     ]
     return "\n".join(lines)
+
+
+def data_source(config: RunConfig) -> str:
+    """The dataset as the user named it: data files, or the path (+ Hub config name)."""
+    data = config.data
+    if data.data_files:
+        return ", ".join(f"{split}: {path}" for split, path in data.data_files.items())
+    return data.path + (f" ({data.name})" if data.name else "")
 
 
 def _fmt(value: Any) -> str:

@@ -89,9 +89,12 @@ def load_encoder(name_or_path: str, **load_kwargs: Any) -> tuple[PreTrainedModel
 
     ``load_kwargs`` go to ``AutoModel.from_pretrained`` (``revision``, ``trust_remote_code``, ...).
     """
-    encoder = AutoModel.from_pretrained(name_or_path, **load_kwargs)
+    encoder, loading_info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **load_kwargs)
     own_pooler = getattr(encoder, "pooler", None)
     dense = getattr(own_pooler, "dense", None)
+    if any(key.startswith("pooler.") for key in loading_info.get("missing_keys", ())):
+        # the checkpoint has no pooler weights: the one the class built is random, not pretrained
+        dense = None
     if own_pooler is not None and _pooling_layer_kwargs(encoder.config):
         encoder.pooler = None
     return encoder, dense if isinstance(dense, nn.Linear) else None
@@ -217,11 +220,34 @@ class PoolftPreTrainedModel(PreTrainedModel):
         model = cls(config, encoder=encoder)
         model.init_new_weights()
         head_dense = getattr(model.pooler, "dense", None)
-        if isinstance(head_dense, nn.Linear) and encoder_dense is not None:
+        if (
+            isinstance(head_dense, nn.Linear)
+            and encoder_dense is not None
+            and encoder_dense.weight.shape == head_dense.weight.shape
+        ):
             with torch.no_grad():
                 head_dense.weight.copy_(encoder_dense.weight)
                 head_dense.bias.copy_(encoder_dense.bias)
         return model
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``, then the head's frozen parameters are frozen again.
+
+        Loading swaps every parameter for a new ``nn.Parameter`` that requires grad, which would make
+        e.g. ``gem`` with ``learn_p=False`` learn ``p`` (and report ``learn_p=True``) after a reload.
+        """
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+        model.restore_head_requires_grad()
+        return loaded
+
+    def restore_head_requires_grad(self) -> None:
+        """Give the head's parameters the ``requires_grad`` its config builds them with."""
+        with torch.device("meta"):
+            reference = build_pooler(self.config.pooler, self.config.hidden_size, **self.config.pooler_options)
+        for name, parameter in self.pooler.named_parameters():
+            parameter.requires_grad_(reference.get_parameter(name).requires_grad)
 
     def init_new_weights(self) -> None:
         """Initialise the head and classifier (the encoder keeps its weights)."""

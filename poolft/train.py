@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
@@ -75,6 +76,10 @@ def resolve_mixed_precision(requested: str) -> str:
 
 def build_accelerator(config: RunConfig) -> Accelerator:
     train = config.train
+    # several runs in one process (sweeps, tests): forget the previous run's precision and
+    # accumulation settings but keep the process group
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     try:
         accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(train.mixed_precision),
@@ -256,6 +261,9 @@ def train(config: RunConfig) -> dict[str, Any]:
     model.train()
     window_start, window_samples, window_loss, window_batches = time.perf_counter(), 0, 0.0, 0
     while state.global_step < total_steps:
+        # Accelerate's loader passes its own iteration count to the sampler: align it with the
+        # real epoch, or a resumed run would replay epoch 0's order
+        train_loader.set_epoch(state.epoch)
         train_sampler.set_epoch(state.epoch)
         loader = train_loader
         if state.batches_in_epoch:

@@ -42,7 +42,7 @@ TINY_IMAGE_SIZE = 28
 TINY_PATCH_SIZE = 7
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = (
+WORDS = (  # noqa: SIM905 (a word list reads better as text)
     "the a an this that it is was were be not very so too and but or of on in to for with at by "
     "movie film story plot actor actors acting scene scenes music ending book cat dog mat sat "
     "good great fine nice fun love loved like liked best bad awful boring dull poor worst hate "
@@ -52,7 +52,9 @@ SUBWORDS = ["##s", "##ed", "##ing", "##ly", "##er", "##est", "##y"]
 CHARACTERS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
 
 #: the tiny WordPiece vocabulary: specials first ([PAD] = 0), whole words, suffixes, characters
-TINY_VOCAB = SPECIAL_TOKENS + WORDS + SUBWORDS + CHARACTERS + [f"##{c}" for c in CHARACTERS if c.isalnum()]
+TINY_VOCAB = list(
+    dict.fromkeys(SPECIAL_TOKENS + WORDS + SUBWORDS + CHARACTERS + [f"##{c}" for c in CHARACTERS if c.isalnum()])
+)
 
 #: sentences of different lengths that tokenize into real (known) word pieces
 TINY_TEXTS = [

@@ -25,12 +25,14 @@ from transformers import (
     AutoTokenizer,
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
+    ViTConfig,
+    ViTModel,
     pipeline,
 )
 
 import poolft
 from poolft import PoolftConfig, PoolftForImageClassification, PoolftForSequenceClassification
-from poolft.modeling import PoolftPreTrainedModel
+from poolft.modeling import PoolftPreTrainedModel, load_encoder
 
 POOLERS = poolft.available_poolers()
 KINDS = ("text", "image")
@@ -40,10 +42,19 @@ TASKS = {"text": "text-classification", "image": "image-classification"}
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 #: heads whose left-padded batch must equal unpadded single examples
 PADDING_POOLERS = ("cls", "mean", "max", "attention", "window")
+#: every head with its defaults, plus non-default options that must survive save / load
+HEAD_SPECS = [(name, {}) for name in POOLERS] + [
+    ("cls", {"dense": True}),
+    ("gem", {"p": 2.0, "learn_p": False}),
+    ("attention", {"num_queries": 2, "num_heads": 2}),
+    ("window", {"levels": [1, 3], "reduce": "mean", "project": False}),
+    ("window", {"mode": "sliding", "window_size": 3, "stride": 2}),
+]
 
 
-def test_every_registered_pooler_is_covered() -> None:
-    assert set(POOLERS) >= {"cls", "mean", "max", "attention", "window"}
+def spec_id(spec: tuple[str, str, dict]) -> str:
+    kind, name, options = spec
+    return "-".join([kind, name] + [f"{key}={value}" for key, value in options.items()]).replace(" ", "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,6 +96,7 @@ def encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 class Saved:
     kind: str
     pooler: str
+    options: dict
     source: Path  # the backbone folder
     folder: Path  # the saved poolft model (+ tokenizer / image processor)
     model: PoolftPreTrainedModel
@@ -96,19 +108,22 @@ def backbone_dirs(tiny_bert_dir: Path, tiny_vit_dir: Path) -> dict[str, Path]:
     return {"text": tiny_bert_dir, "image": tiny_vit_dir}
 
 
-@pytest.fixture(scope="module", params=[(kind, name) for kind in KINDS for name in POOLERS], ids="-".join)
+@pytest.fixture(
+    scope="module", params=[(kind, name, options) for kind in KINDS for name, options in HEAD_SPECS], ids=spec_id
+)
 def saved(request, tmp_path_factory, backbone_dirs, tiny_texts) -> Saved:
-    """A poolft model per (kind, head) built with ``from_backbone``, saved with its preprocessor."""
-    kind, name = request.param
+    """A poolft model per (kind, head, options) built with ``from_backbone``, saved with its preprocessor."""
+    kind, name, options = request.param
     source = backbone_dirs[kind]
-    model = perturb_head(MODEL_CLASSES[kind].from_backbone(str(source), pooler=name, id2label=ID2LABEL))
+    model = MODEL_CLASSES[kind].from_backbone(str(source), pooler=name, pooler_options=options, id2label=ID2LABEL)
+    model = perturb_head(model)
     folder = tmp_path_factory.mktemp(f"{kind}-{name}")
     model.save_pretrained(folder)
     if kind == "text":
         AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     else:
         AutoImageProcessor.from_pretrained(source).save_pretrained(folder)
-    return Saved(kind, name, source, folder, model, model_inputs(kind, source, tiny_texts))
+    return Saved(kind, name, options, source, folder, model, model_inputs(kind, source, tiny_texts))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,6 +140,7 @@ def test_from_backbone_keeps_encoder_weights(saved: Saved) -> None:
     # poolft brings its own head: the backbone's pooler is left out, not left dangling
     assert getattr(saved.model.encoder, "pooler", None) is None
     assert saved.model.config.pooler == saved.pooler
+    assert saved.model.config.pooler_options.items() >= saved.options.items()
     assert saved.model.config.num_labels == len(ID2LABEL)
     assert saved.model.classifier.out_features == len(ID2LABEL)
 
@@ -133,7 +149,11 @@ def test_save_then_from_pretrained_gives_identical_logits(saved: Saved) -> None:
     loaded = MODEL_CLASSES[saved.kind].from_pretrained(saved.folder).eval()
     assert loaded.config.pooler == saved.pooler
     assert loaded.config.pooler_options == saved.model.config.pooler_options
+    assert loaded.pooler.options == saved.model.pooler.options
+    assert loaded.pooler.options.items() >= saved.options.items()
     assert loaded.config.id2label == ID2LABEL
+    trainable = {name: parameter.requires_grad for name, parameter in saved.model.named_parameters()}
+    assert {name: parameter.requires_grad for name, parameter in loaded.named_parameters()} == trainable
     reference = saved.model.state_dict()
     assert set(loaded.state_dict()) == set(reference)
     for key, tensor in loaded.state_dict().items():
@@ -220,6 +240,42 @@ def test_cls_dense_starts_from_the_backbone_pooler(kind, backbone_dirs, tiny_tex
 
     plain = MODEL_CLASSES[kind].from_backbone(str(source), pooler="cls", num_labels=2)
     assert plain.pooler.dense is None
+
+
+def test_backbone_without_pooler_weights_gives_no_dense_to_copy(tiny_bert_dir, tmp_path) -> None:
+    """A checkpoint saved without its pooler: the pooler ``from_pretrained`` builds is random, not pretrained."""
+    backbone = AutoModel.from_pretrained(tiny_bert_dir)
+    _, dense = load_encoder(str(tiny_bert_dir))
+    assert torch.equal(dense.weight, backbone.pooler.dense.weight)
+
+    backbone.pooler = None
+    backbone.save_pretrained(tmp_path)  # weights without pooler.*, config still says BertModel
+    encoder, dense = load_encoder(str(tmp_path))
+    assert dense is None
+    assert getattr(encoder, "pooler", None) is None
+    model = PoolftForSequenceClassification.from_backbone(
+        str(tmp_path), pooler="cls", pooler_options={"dense": True}, num_labels=2
+    )
+    assert model.pooler.dense is not None
+    assert torch.equal(model.pooler.dense.bias, torch.zeros(model.config.hidden_size))  # poolft's own init
+
+
+def test_backbone_pooler_of_another_width_is_not_copied(tmp_path) -> None:
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=7,
+        pooler_output_size=16,
+    )
+    ViTModel(config, add_pooling_layer=True).save_pretrained(tmp_path)
+    model = PoolftForImageClassification.from_backbone(
+        str(tmp_path), pooler="cls", pooler_options={"dense": True}, num_labels=2
+    )
+    assert model.pooler.dense.weight.shape == (32, 32)
+    assert model(pixel_values=pixel_batch(1, 28, 28)).logits.shape == (1, 2)
 
 
 @pytest.mark.parametrize("pooler", POOLERS)

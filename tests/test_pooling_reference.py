@@ -53,6 +53,8 @@ MASKS = {
 }
 MASK_KINDS = list(MASKS)
 PREFIXES = [0, 1, 2]
+# every mask kind with every prefix count; looped inside the tests (cheaper than 12x more test items)
+MASK_CASES = [(kind, prefix) for kind in MASK_KINDS for prefix in PREFIXES]
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-5}
 LOW_PRECISION_TOL = {torch.bfloat16: {"rtol": 4e-2, "atol": 4e-2}, torch.float16: {"rtol": 5e-3, "atol": 5e-3}}
@@ -319,15 +321,15 @@ def run_head(head, x, mask, prefix=0, grid_size=None):
         return head(x, torch.tensor(mask), num_prefix_tokens=prefix, grid_size=grid_size)
 
 
-def check_against_reference(head, x, mask, prefix=0, grid_size=None, exact=False):
+def check_against_reference(head, x, mask, prefix=0, grid_size=None, exact=False, case=""):
     out = run_head(head, x, mask, prefix, grid_size)
     expected = reference(head, x, mask, prefix, grid_size)
-    assert out.shape == (len(mask), head.output_dim)
-    assert out.dtype == torch.float32
+    assert out.shape == (len(mask), head.output_dim), case
+    assert out.dtype == torch.float32, case
     if exact:
-        torch.testing.assert_close(out, expected.float(), rtol=0, atol=0)
+        torch.testing.assert_close(out, expected.float(), rtol=0, atol=0, msg=lambda m: f"{case}: {m}")
     else:
-        torch.testing.assert_close(out.double(), expected, **FP32_TOL)
+        torch.testing.assert_close(out.double(), expected, **FP32_TOL, msg=lambda m: f"{case}: {m}")
 
 
 SEQUENCE_HEADS = [
@@ -355,15 +357,15 @@ def head_id(spec):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefix", PREFIXES)
-@pytest.mark.parametrize("kind", MASK_KINDS)
 @pytest.mark.parametrize("spec", SEQUENCE_HEADS, ids=head_id)
-def test_sequence_heads_match_reference(spec, kind, prefix):
+def test_sequence_heads_match_reference(spec):
     name, options = spec
     head = make_head(name, **options)
-    mask = MASKS[kind]
-    x = make_states(mask, seed=10 * MASK_KINDS.index(kind) + prefix)
-    check_against_reference(head, x, mask, prefix, exact=name in ("max", "cls") and not options)
+    for seed, (kind, prefix) in enumerate(MASK_CASES):
+        mask = MASKS[kind]
+        x = make_states(mask, seed=seed)
+        exact = name in ("max", "cls") and not options  # these copy input values
+        check_against_reference(head, x, mask, prefix, exact=exact, case=f"{kind} prefix={prefix}")
 
 
 @pytest.mark.parametrize("spec", SEQUENCE_HEADS, ids=head_id)
@@ -425,11 +427,14 @@ def test_gem_matches_power_mean_and_limits():
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
-@pytest.mark.parametrize("kind", MASK_KINDS)
 @pytest.mark.parametrize("spec", [s for s in SEQUENCE_HEADS if s[0] == "attention"], ids=head_id)
-def test_attention_weights_match_reference(spec, kind, prefix):
+def test_attention_weights_match_reference(spec, prefix):
     head = make_head(spec[0], **spec[1])
-    mask = MASKS[kind]
+    for kind in MASK_KINDS:
+        check_attention_weights(head, spec, MASKS[kind], prefix)
+
+
+def check_attention_weights(head, spec, mask, prefix):
     x = make_states(mask, seed=11)
     with torch.no_grad():
         pooled, weights = head.forward_with_weights(x, torch.tensor(mask), num_prefix_tokens=prefix)
@@ -461,16 +466,16 @@ def test_attention_weights_match_reference(spec, kind, prefix):
 @pytest.mark.parametrize("project", [False, True])
 @pytest.mark.parametrize("reduce", ["max", "mean"])
 @pytest.mark.parametrize("levels", [(1, 2, 4), (3,), (5, 1)], ids=str)
-@pytest.mark.parametrize("prefix", PREFIXES)
-@pytest.mark.parametrize("kind", MASK_KINDS)
-def test_window_adaptive_matches_reference(kind, prefix, levels, reduce, project):
+def test_window_adaptive_matches_reference(levels, reduce, project):
     head = make_head("window", levels=levels, reduce=reduce, project=project)
-    mask = MASKS[kind]
-    x = make_states(mask, seed=13)
     if not project:
         assert head.output_dim == HIDDEN * sum(levels)
-    # max windows pick existing values, so the raw concatenation must match bit for bit
-    check_against_reference(head, x, mask, prefix, exact=(reduce == "max" and not project))
+    for seed, (kind, prefix) in enumerate(MASK_CASES):
+        mask = MASKS[kind]
+        x = make_states(mask, seed=seed)
+        # max windows pick existing values, so the raw concatenation must match bit for bit
+        exact = reduce == "max" and not project
+        check_against_reference(head, x, mask, prefix, exact=exact, case=f"{kind} prefix={prefix}")
 
 
 @pytest.mark.parametrize("reduce", ["max", "mean"])
@@ -518,15 +523,16 @@ def grid_mask(batch: int, prefix: int, grid_size: tuple[int, int], seed: int) ->
 @pytest.mark.parametrize("project", [False, True])
 @pytest.mark.parametrize("reduce", ["max", "mean"])
 @pytest.mark.parametrize("levels", [(1, 2, 4), (3,), (1, 2, 3)], ids=str)
-@pytest.mark.parametrize("prefix", PREFIXES)
-@pytest.mark.parametrize("grid_size", GRIDS, ids=str)
-def test_window_grid_matches_reference(grid_size, prefix, levels, reduce, project):
+def test_window_grid_matches_reference(levels, reduce, project):
     head = make_head("window", levels=levels, reduce=reduce, project=project, grid=True)
-    mask = grid_mask(4, prefix, grid_size, seed=sum(grid_size) + prefix)
-    x = make_states(mask, seed=19)
     if not project:
         assert head.output_dim == HIDDEN * sum(k * k for k in levels)
-    check_against_reference(head, x, mask, prefix, grid_size, exact=(reduce == "max" and not project))
+    for grid_size in GRIDS:
+        for prefix in PREFIXES:
+            mask = grid_mask(4, prefix, grid_size, seed=sum(grid_size) + prefix)
+            x = make_states(mask, seed=prefix)
+            exact = reduce == "max" and not project
+            check_against_reference(head, x, mask, prefix, grid_size, exact=exact, case=f"{grid_size} prefix={prefix}")
 
 
 def test_window_grid_bins_are_row_major_with_explicit_bounds():
@@ -559,10 +565,8 @@ SLIDING = [
 
 
 @pytest.mark.parametrize("project", [False, True])
-@pytest.mark.parametrize("prefix", PREFIXES)
-@pytest.mark.parametrize("kind", MASK_KINDS)
 @pytest.mark.parametrize("sliding", SLIDING, ids=str)
-def test_window_sliding_matches_reference(sliding, kind, prefix, project):
+def test_window_sliding_matches_reference(sliding, project):
     size, stride, reduce, reduce_windows = sliding
     head = make_head(
         "window",
@@ -573,9 +577,11 @@ def test_window_sliding_matches_reference(sliding, kind, prefix, project):
         reduce_windows=reduce_windows,
         project=project,
     )
-    mask = MASKS[kind]
-    x = make_states(mask, seed=23)
-    check_against_reference(head, x, mask, prefix, exact=(reduce == reduce_windows == "max" and not project))
+    for seed, (kind, prefix) in enumerate(MASK_CASES):
+        mask = MASKS[kind]
+        x = make_states(mask, seed=seed)
+        exact = reduce == reduce_windows == "max" and not project
+        check_against_reference(head, x, mask, prefix, exact=exact, case=f"{kind} prefix={prefix}")
 
 
 def test_sliding_windows_reference_itself():
@@ -626,13 +632,11 @@ def test_low_precision_matches_fp32_reference(spec, dtype):
     head = copy.deepcopy(make_head(name, **options)).to(dtype)
     cases = []
     if options.get("grid"):
-        for grid_size in [(3, 5), (1, 1), (4, 4)]:
-            for prefix in (0, 1):
-                cases.append((grid_mask(4, prefix, grid_size, seed=5), prefix, grid_size))
+        for grid_size, prefix in [((3, 5), 1), ((1, 1), 0), ((4, 4), 2)]:
+            cases.append((grid_mask(4, prefix, grid_size, seed=5), prefix, grid_size))
     else:
-        for kind in MASK_KINDS:
-            for prefix in (0, 2):
-                cases.append((MASKS[kind], prefix, None))
+        for kind, prefix in [("interior", 2), ("left", 1), ("empty_rows", 2), ("right", 0)]:
+            cases.append((MASKS[kind], prefix, None))
     for mask, prefix, grid_size in cases:
         x = torch.randn(len(mask), len(mask[0]), HIDDEN, generator=torch.Generator().manual_seed(29))
         x = torch.where(torch.tensor(mask).bool()[..., None], x, 3e4).to(dtype)  # fp16-finite garbage

@@ -1,0 +1,170 @@
+"""Hypothesis property tests: random batches, masks, prefix counts, grids and dtypes for every head.
+
+For every drawn case the output must be finite, rows with nothing to read must be exact zeros, and
+the values at padding positions (and extra padding columns) must not change the result.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poolft import available_poolers, build_pooler
+
+HIDDEN = 8
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+FILLS = ["huge", "-huge", "inf", "-inf", "nan"]
+# tolerance for the extra-columns comparison only: a longer padded row may change the float
+# summation order; a leak of the inf/NaN/huge padding would be far outside these
+REORDER_TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}
+
+SEQUENCE_HEADS = [
+    ("cls", {}),
+    ("cls", {"dense": True}),
+    ("mean", {}),
+    ("max", {}),
+    ("meanmax", {}),
+    ("gem", {}),
+    ("attention", {}),
+    ("attention", {"num_queries": 2, "num_heads": 2}),
+    ("window", {}),
+    ("window", {"levels": (3,), "reduce": "mean", "project": False}),
+    ("window", {"levels": (2, 5), "reduce": "max", "project": False}),
+    ("window", {"mode": "sliding", "window_size": 3, "stride": 2}),
+    ("window", {"mode": "sliding", "window_size": 4, "stride": 5, "reduce": "mean", "reduce_windows": "mean"}),
+]
+GRID_HEADS = [
+    ("window", {"grid": True}),
+    ("window", {"grid": True, "levels": (1, 3), "reduce": "mean", "project": False}),
+    ("window", {"grid": True, "levels": (2,), "reduce": "max", "project": False}),
+]
+
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None)
+
+_HEADS: dict[tuple[str, torch.dtype], torch.nn.Module] = {}
+
+
+def head_id(spec) -> str:
+    name, options = spec
+    return name + "".join(f"-{key}={value}" for key, value in options.items())
+
+
+def get_head(spec, dtype):
+    key = (head_id(spec), dtype)
+    if key not in _HEADS:
+        torch.manual_seed(0)
+        head = build_pooler(spec[0], HIDDEN, **spec[1])
+        with torch.no_grad():
+            for param in head.parameters():
+                param.add_(0.1 * torch.randn_like(param))
+        _HEADS[key] = head.to(dtype).eval()
+    return _HEADS[key]
+
+
+def test_every_registered_head_is_covered():
+    assert {name for name, _ in SEQUENCE_HEADS + GRID_HEADS} == set(available_poolers())
+
+
+@st.composite
+def masks(draw, batch: int, tokens: int) -> torch.Tensor:
+    rows = []
+    for _ in range(batch):
+        kind = draw(st.sampled_from(["random", "left", "right", "empty", "full"]))
+        if kind == "random":
+            row = draw(st.lists(st.booleans(), min_size=tokens, max_size=tokens))
+        elif kind in ("left", "right"):
+            n = draw(st.integers(0, tokens))
+            row = [False] * (tokens - n) + [True] * n if kind == "left" else [True] * n + [False] * (tokens - n)
+        else:
+            row = [kind == "full"] * tokens
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+@st.composite
+def sequence_cases(draw):
+    batch = draw(st.integers(1, 4))
+    tokens = draw(st.integers(1, 24))
+    prefix = draw(st.integers(0, min(2, tokens)))
+    return {
+        "mask": draw(masks(batch, tokens)),
+        "prefix": prefix,
+        "grid_size": None,
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "seed": draw(st.integers(0, 2**16)),
+        "scale": draw(st.sampled_from([0.01, 1.0, 30.0])),
+        "fill": draw(st.sampled_from(FILLS)),
+    }
+
+
+@st.composite
+def grid_cases(draw):
+    batch = draw(st.integers(1, 4))
+    grid_size = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    prefix = draw(st.integers(0, 2))
+    patches = draw(masks(batch, grid_size[0] * grid_size[1]))
+    prefix_mask = draw(masks(batch, prefix)) if prefix else torch.zeros(batch, 0, dtype=torch.long)
+    return {
+        "mask": torch.cat([prefix_mask, patches], dim=1),
+        "prefix": prefix,
+        "grid_size": grid_size,
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "seed": draw(st.integers(0, 2**16)),
+        "scale": draw(st.sampled_from([0.01, 1.0, 30.0])),
+        "fill": draw(st.sampled_from(FILLS)),
+    }
+
+
+def fill_value(fill: str, dtype: torch.dtype) -> float:
+    huge = torch.finfo(dtype).max
+    return {"huge": huge, "-huge": -huge, "inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}[fill]
+
+
+def check_case(spec, case, extra_columns: bool):
+    dtype, mask, prefix = case["dtype"], case["mask"], case["prefix"]
+    head = get_head(spec, dtype)
+    batch, tokens = mask.shape
+    generator = torch.Generator().manual_seed(case["seed"])
+    x = (case["scale"] * torch.randn(batch, tokens, HIDDEN, generator=generator)).to(dtype)
+    kwargs = {"num_prefix_tokens": prefix, "grid_size": case["grid_size"]}
+    with torch.no_grad():
+        out = head(x, mask, **kwargs)
+    assert out.shape == (batch, head.output_dim)
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+
+    readable = mask.bool().clone()
+    if spec[0] != "cls":  # cls reads the first real token even if it is a prefix token
+        readable[:, :prefix] = False
+    empty = ~readable.any(dim=1)
+    assert torch.equal(out[empty], torch.zeros_like(out[empty]))
+
+    value = fill_value(case["fill"], dtype)
+    dirty = x.clone()
+    dirty[mask == 0] = value
+    with torch.no_grad():
+        assert torch.equal(head(dirty, mask, **kwargs), out)
+
+    if extra_columns:
+        extra = torch.full((batch, 3, HIDDEN), value, dtype=dtype)
+        longer_mask = torch.cat([mask, torch.zeros(batch, 3, dtype=mask.dtype)], dim=1)
+        with torch.no_grad():
+            longer = head(torch.cat([dirty, extra], dim=1), longer_mask, **kwargs)
+        tol = REORDER_TOL[dtype]
+        torch.testing.assert_close(longer, out, rtol=tol, atol=tol * case["scale"])
+
+
+@pytest.mark.parametrize("spec", SEQUENCE_HEADS, ids=head_id)
+@SETTINGS
+@given(case=sequence_cases())
+def test_sequence_heads_random_batches(spec, case):
+    check_case(spec, case, extra_columns=True)
+
+
+@pytest.mark.parametrize("spec", GRID_HEADS, ids=head_id)
+@SETTINGS
+@given(case=grid_cases())
+def test_grid_window_random_batches(spec, case):
+    check_case(spec, case, extra_columns=False)

@@ -1,0 +1,136 @@
+"""Short real training runs on tiny backbones: train -> save -> poolft eval -> pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets_for_tests import write_image_folder, write_sentiment_csv
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification, pipeline
+
+import poolft
+from poolft.cli import main
+from poolft.config import load_config
+from poolft.train import train
+
+
+def text_overrides(tmp_path, backbone, output="run") -> list[str]:
+    files = write_sentiment_csv(tmp_path / "data")
+    return [
+        f"--data.data_files={json.dumps(files)}",
+        "--data.text_column=text",
+        f"--model.backbone={backbone}",
+        f"--train.output_dir={tmp_path / output}",
+        "--train.batch_size=16",
+        "--train.epochs=4",
+        "--train.learning_rate=1e-3",
+        "--train.head_learning_rate=1e-2",
+        "--train.progress=false",
+        "--train.mixed_precision=no",
+    ]
+
+
+def test_text_run_trains_saves_and_reloads(tmp_path, tiny_bert_dir, capsys):
+    assert main(["train", *text_overrides(tmp_path, tiny_bert_dir), "--model.pooler=mean"]) == 0
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["final"]["samples"] == 48
+    assert metrics["global_step"] == 64  # 256 / 16 * 4 epochs
+    for name in ("config.yaml", "log.jsonl", "README.md", "model.safetensors", "tokenizer.json"):
+        assert (run / name).is_file(), name
+    steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in steps if "loss" in r]
+    assert [r["step"] for r in steps if "loss" in r] == list(range(1, 65))
+    assert sum(losses[-16:]) < sum(losses[:16])  # it learns
+    assert metrics["final"]["accuracy"] > 0.6  # one sentiment word decides the label
+
+    model = AutoModelForSequenceClassification.from_pretrained(run)
+    assert isinstance(model, poolft.PoolftForSequenceClassification)
+    assert model.config.pooler == "mean"
+
+    capsys.readouterr()
+    assert main(["eval", "--model", str(run)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["samples"] == 48
+    assert evaluated["accuracy"] == pytest.approx(metrics["final"]["accuracy"])
+
+    classifier = pipeline("text-classification", model=str(run))
+    predicted = classifier(["a great film", "an awful plot"])
+    assert {p["label"] for p in predicted} <= {"neg", "pos"}
+    assert main(["predict", "--model", str(run), "a great film"]) == 0
+    label = capsys.readouterr().out.split("\t")[0]
+    assert label == predicted[0]["label"]
+
+    # the resolved config repeats the run
+    repeated = load_config(run / "config.yaml")
+    assert repeated.model.pooler == "mean" and repeated.data.text_column == "text"
+
+
+def test_image_run_trains_saves_and_reloads(tmp_path, tiny_vit_dir, capsys):
+    images = write_image_folder(tmp_path / "images", {"train": 16, "test": 6}, mode="RGBA")
+    arguments = [
+        "train",
+        f"--data.path={images}",
+        "--data.eval_split=test",
+        "--data.image_size=35",  # not the backbone's 28 px: position embeddings are interpolated
+        "--data.augment=true",
+        f"--model.backbone={tiny_vit_dir}",
+        "--model.pooler=window",
+        f"--train.output_dir={tmp_path / 'run'}",
+        "--train.batch_size=8",
+        "--train.epochs=3",
+        "--train.head_learning_rate=1e-2",
+        "--train.progress=false",
+    ]
+    assert main(arguments) == 0
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["final"]["samples"] == 12
+    assert metrics["final"]["accuracy"] >= 0.75  # dark vs light is easy
+    model = AutoModelForImageClassification.from_pretrained(run)
+    assert model.config.pooler_options["grid"] is True
+    classifier = pipeline("image-classification", model=str(run))
+    top = classifier(str(images / "test" / "dark" / "0.png"))[0]
+    assert top["label"] in {"dark", "light"}
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run), "--image", str(images / "test" / "light" / "1.png")]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in {"dark", "light"}
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_bert_dir, monkeypatch):
+    """Crash between checkpoints mid-epoch, resume from 'latest': same final weights, bit for bit."""
+    common = text_overrides(tmp_path, tiny_bert_dir) + ["--train.save_every_steps=10", "--train.eval_every_steps=12"]
+    straight = load_config(None, [*common[:3], f"--train.output_dir={tmp_path / 'straight'}", *common[4:]])
+    train(straight)
+
+    interrupted = load_config(None, [*common[:3], f"--train.output_dir={tmp_path / 'resumed'}", *common[4:]])
+    original_write = poolft.train.StepLog.write
+
+    def crash_at_step_37(self, record):
+        original_write(self, record)
+        if record.get("step") == 37 and "loss" in record:
+            raise SimulatedCrash
+
+    monkeypatch.setattr(poolft.train.StepLog, "write", crash_at_step_37)
+    with pytest.raises(SimulatedCrash):
+        train(interrupted)
+    monkeypatch.setattr(poolft.train.StepLog, "write", original_write)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+
+    interrupted.train.resume_from_checkpoint = "latest"
+    metrics = train(interrupted)
+    assert metrics["trainer_state"]["global_step"] == 64
+    first = load_file(tmp_path / "straight" / "model.safetensors")
+    second = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    straight_metrics = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert metrics["final"]["accuracy"] == straight_metrics["final"]["accuracy"]
+    assert metrics["final"]["loss"] == straight_metrics["final"]["loss"]
