@@ -93,6 +93,8 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = load_config(args.config, overrides)
     metrics = train(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
+        return 0
     final = metrics["final"]
     print(
         f"poolft: validation accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f} "

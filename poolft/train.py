@@ -74,6 +74,17 @@ def resolve_mixed_precision(requested: str) -> str:
     return "bf16" if bf16_supported() else "no"
 
 
+def has_accelerator() -> bool:
+    """A CUDA, XPU or MPS device is present (else multi-process runs use MULTI_CPU / gloo)."""
+    xpu = getattr(torch, "xpu", None)
+    mps = getattr(torch.backends, "mps", None)
+    return (
+        torch.cuda.is_available()
+        or bool(xpu and xpu.is_available())
+        or bool(mps and mps.is_available())
+    )
+
+
 def build_accelerator(config: RunConfig) -> Accelerator:
     train = config.train
     # several runs in one process (sweeps, tests): forget the previous run's precision and
@@ -86,6 +97,8 @@ def build_accelerator(config: RunConfig) -> Accelerator:
             gradient_accumulation_steps=train.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
             log_with=train.trackers or None,
+            # without a GPU, torchrun/accelerate launch processes must be told to use gloo on CPU
+            cpu=not has_accelerator(),
         )
     except (ValueError, ImportError) as error:
         raise PoolftError(

@@ -233,6 +233,43 @@ def test_all_padding_rows_are_exact_zeros(spec, dtype):
         assert torch.equal(empty, torch.zeros_like(empty))
 
 
+@pytest.mark.parametrize(
+    ("dtype", "value", "grid_size"),
+    [
+        # fp16: 48 tokens near the max would overflow a float16 sum
+        (torch.float16, 0.9 * torch.finfo(torch.float16).max, (6, 8)),
+        # bf16: a bfloat16 running sum of 600 ones sticks at 256 (8-bit significand)
+        (torch.bfloat16, 1.0, (20, 30)),
+    ],
+    ids=["fp16-overflow", "bf16-precision"],
+)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ("mean", {}),
+        ("meanmax", {}),
+        ("gem", {}),
+        ("window", {"reduce": "mean", "project": False}),
+        (
+            "window",
+            {"mode": "sliding", "window_size": 600, "reduce": "mean", "reduce_windows": "mean", "project": False},
+        ),
+        ("window", {"grid": True, "reduce": "mean", "project": False}),
+    ],
+    ids=head_id,
+)
+def test_low_precision_means_accumulate_in_float32(spec, dtype, value, grid_size):
+    head = make_head(spec, dtype=dtype)
+    tokens = grid_size[0] * grid_size[1]
+    kwargs = {"num_prefix_tokens": 0, "grid_size": grid_size} if is_grid(spec) else {}
+    x = torch.full((2, tokens, HIDDEN), value, dtype=dtype)
+    mask = torch.ones(2, tokens, dtype=torch.long)
+    mask[1, tokens - 5 :] = 0
+    out = forward(head, x, mask, **kwargs)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), torch.full(out.shape, x[0, 0, 0].item()), rtol=1e-2, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # gradients
 # ----------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ PREFIXES = [0, 1, 2]
 MASK_CASES = [(kind, prefix) for kind in MASK_KINDS for prefix in PREFIXES]
 
 FP32_TOL = {"rtol": 1e-5, "atol": 1e-5}
-LOW_PRECISION_TOL = {torch.bfloat16: {"rtol": 4e-2, "atol": 4e-2}, torch.float16: {"rtol": 5e-3, "atol": 5e-3}}
+LOW_PRECISION_TOL = {torch.bfloat16: {"rtol": 1.6e-2, "atol": 1.6e-2}, torch.float16: {"rtol": 2e-3, "atol": 2e-3}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -86,7 +86,10 @@ def reduce_vectors(vectors: list[torch.Tensor], how: str, hidden: int) -> torch.
 
 
 def params(module: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    return module.weight.detach().double(), module.bias.detach().double()
+    """Weight and bias in float64 (a bias-free layer has a zero bias)."""
+    weight = module.weight.detach().double()
+    bias = module.bias.detach().double() if module.bias is not None else torch.zeros(weight.size(0)).double()
+    return weight, bias
 
 
 def ref_cls(head, x, mask, prefix):
@@ -495,6 +498,28 @@ def test_window_adaptive_fewer_tokens_than_windows(levels, reduce):
     torch.testing.assert_close(out.double(), ref_window_adaptive(x.double(), mask, 0, levels, reduce), **FP32_TOL)
     # a single real token fills every window of every level with itself
     assert torch.equal(out[0], x[0, 0].repeat(sum(levels)))
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_window_adaptive_every_length_and_level(reduce):
+    """Unpadded rows of every length 1..13 at levels 1..8: covers windows of width ceil(n/k) + 1."""
+    levels = tuple(range(1, 9))
+    head = make_head("window", levels=levels, reduce=reduce, project=False)
+    for tokens in range(1, 14):
+        mask = [[1] * tokens, [0] + [1] * (tokens - 1)]
+        x = make_states(mask, seed=tokens)
+        check_against_reference(head, x, mask, exact=reduce == "max", case=f"tokens={tokens}")
+        check_against_reference(head, x, mask, prefix=1, exact=reduce == "max", case=f"tokens={tokens} prefix=1")
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_window_sliding_every_length(reduce):
+    for size, stride in [(3, 2), (4, 1), (2, 3), (5, 5)]:
+        head = make_head("window", mode="sliding", window_size=size, stride=stride, reduce=reduce, project=False)
+        for tokens in range(1, 14):
+            mask = [[1] * tokens, [1] * (tokens // 2) + [0] * (tokens - tokens // 2)]
+            x = make_states(mask, seed=tokens)
+            check_against_reference(head, x, mask, exact=reduce == "max", case=f"{size}/{stride} tokens={tokens}")
 
 
 def test_window_adaptive_explicit_bounds():

@@ -15,7 +15,8 @@ from .masking import lowest_value, real_token_mask, zero_masked
 class AttentionPooler(Pooler):
     """Multi-head attention of ``num_queries`` learned queries over the tokens.
 
-    Keys and values are linear maps of the token states; each query's output is the
+    Keys and values are linear maps of the token states (computed in the folded form described in
+    ``forward_with_weights``, which never projects every token); each query's output is the
     attention-weighted sum of values over real, non-prefix tokens. The query outputs are
     concatenated and projected to ``hidden_size`` (the ``output_dim``). Scores and the softmax are
     computed in float32, and masked scores use the dtype's lowest finite value, so fp16/bf16 stay
@@ -38,7 +39,8 @@ class AttentionPooler(Pooler):
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.query = nn.Parameter(torch.randn(num_queries, hidden_size) * hidden_size**-0.5)
-        self.key = nn.Linear(hidden_size, hidden_size)
+        # no key bias: q . b_k is the same for every token, so softmax would ignore it
+        self.key = nn.Linear(hidden_size, hidden_size, bias=False)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.output = nn.Linear(num_queries * hidden_size, hidden_size)
 
@@ -73,16 +75,23 @@ class AttentionPooler(Pooler):
         batch, tokens, hidden = hidden_states.shape
         token_mask = real_token_mask(hidden_states, attention_mask, num_prefix_tokens)
         states = zero_masked(hidden_states, token_mask)
-        heads, head_dim = self.num_heads, self.head_dim
-        keys = self.key(states).view(batch, tokens, heads, head_dim).transpose(1, 2)
-        values = self.value(states).view(batch, tokens, heads, head_dim).transpose(1, 2)
-        queries = self.query.to(keys.dtype).view(self.num_queries, heads, head_dim).transpose(0, 1)
-        # (batch, heads, queries, tokens)
-        scores = torch.einsum("hqd,bhtd->bhqt", queries.float(), keys.float()) * head_dim**-0.5
+        heads, head_dim, queries = self.num_heads, self.head_dim, self.num_queries
+        # Exact rewrite of softmax(q . (W_k x + b_k)) and sum_t w_t (W_v x_t + b_v) that never projects
+        # every token: fold W_k into the queries (q . b_k is the same for all tokens, so softmax drops
+        # it) and apply W_v after the weighted sum (weights sum to 1). Cost: O(tokens * hidden * heads)
+        # instead of O(tokens * hidden^2).
+        query = self.query.float().view(queries, heads, head_dim)
+        key_weight = self.key.weight.float().view(heads, head_dim, hidden)
+        folded = torch.einsum("qhd,hdi->hqi", query, key_weight) * head_dim**-0.5  # (heads, queries, hidden)
+        scores = torch.einsum("hqi,bti->bhqt", folded.to(states.dtype), states).float()
         visible = token_mask[:, None, None, :]
         scores = torch.where(visible, scores, scores.new_full((), lowest_value(scores.dtype)))
         weights = torch.where(visible, scores.softmax(dim=-1), scores.new_zeros(()))
-        attended = torch.einsum("bhqt,bhtd->bqhd", weights.to(values.dtype), values)
-        pooled = self.output(attended.reshape(batch, self.num_queries * hidden))
+        mixed = torch.einsum("bhqt,bti->bhqi", weights.to(states.dtype), states)  # (batch, heads, queries, hidden)
+        value_weight = self.value.weight.view(heads, head_dim, hidden).to(mixed.dtype)
+        attended = torch.einsum("bhqi,hdi->bqhd", mixed, value_weight)
+        value_bias = self.value.bias.to(attended.dtype).view(heads, head_dim)
+        attended = attended + value_bias * weights.sum(dim=-1).permute(0, 2, 1).unsqueeze(-1).to(attended.dtype)
+        pooled = self.output(attended.reshape(batch, queries * hidden))
         has_token = token_mask.any(dim=1, keepdim=True)
         return torch.where(has_token, pooled, pooled.new_zeros(())), weights

@@ -7,9 +7,9 @@ patch grid is split into ``k x k`` bins with those bounds on each axis (spatial 
 Sliding mode: fixed-size windows with a stride over the real tokens, reduced within each window,
 then over the windows.
 
-Everything is vectorised: real tokens are first packed to the front of each row (so left padding
-and interior padding are handled alike), then each level gathers fixed-length slices
-``(batch, k, max_window, hidden)`` and masks the positions past each window's end.
+Everything is vectorised and reads real tokens only: windows are runs of ranks over each row's
+real tokens (so left and interior padding are handled alike), and all windows of all rows and
+levels are reduced by a single ``index_select`` + ``segment_reduce``.
 """
 
 from __future__ import annotations
@@ -45,45 +45,44 @@ def window_bounds(lengths: torch.Tensor, windows: int) -> tuple[torch.Tensor, to
     return start, end
 
 
-def pack_real_tokens(hidden_states: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's masked-in tokens to the front, keeping their order.
+def reduce_token_ranges(
+    hidden_states: torch.Tensor, token_mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor, reduce: str
+) -> torch.Tensor:
+    """Reduce, for each row ``b`` and window ``w``, the real tokens of rank ``start[b, w]`` to ``end[b, w] - 1``.
+
+    Only real tokens are read: their flat positions are listed row by row, each window becomes a
+    run of that list, and one ``index_select`` + ``segment_reduce`` handles every window of every
+    row at once -- no padded copies, so the cost follows the real lengths, not the padded one.
 
     Args:
         hidden_states: ``(batch, tokens, hidden)``.
-        token_mask: ``(batch, tokens)`` bool.
-
-    Returns:
-        packed states ``(batch, tokens, hidden)`` (tail positions hold padding) and the real-token
-        counts ``(batch,)``.
-    """
-    order = torch.sort((~token_mask).to(torch.uint8), dim=1, stable=True).indices
-    packed = hidden_states.gather(1, order.unsqueeze(-1).expand_as(hidden_states))
-    return packed, token_mask.sum(dim=1)
-
-
-def reduce_ranges(
-    packed: torch.Tensor, start: torch.Tensor, end: torch.Tensor, max_width: int, reduce: str
-) -> torch.Tensor:
-    """Reduce ``packed[b, start[b, w]:end[b, w]]`` for every row ``b`` and window ``w``.
-
-    Args:
-        packed: ``(batch, tokens, hidden)``.
-        start, end: ``(batch, windows)`` with ``end - start <= max_width``.
-        max_width: static upper bound on a window's width.
+        token_mask: ``(batch, tokens)`` bool; the ranks count the True positions of a row.
+        start, end: ``(batch, windows)`` integer ranks (``end <= start`` is an empty window).
         reduce: ``"max"`` or ``"mean"``.
 
     Returns:
-        ``(batch, windows, hidden)``; an empty window gives zeros.
+        ``(batch, windows, hidden)``; an empty window gives zeros. Means accumulate in float32.
     """
-    batch, tokens, hidden = packed.shape
-    offsets = torch.arange(max_width, device=packed.device)
-    index = start.unsqueeze(-1) + offsets  # (batch, windows, width)
-    inside = index < end.unsqueeze(-1)
-    index = index.clamp(max=tokens - 1)
+    batch, tokens, hidden = hidden_states.shape
     windows = start.size(1)
-    slices = packed.gather(1, index.reshape(batch, -1, 1).expand(-1, -1, hidden))
-    slices = slices.view(batch, windows, max_width, hidden)
-    return masked_reduce(slices, inside, reduce)
+    device = hidden_states.device
+    real_positions = token_mask.reshape(-1).nonzero().squeeze(1)  # row-major: row 0's tokens, then row 1's...
+    counts = token_mask.sum(dim=1)
+    row_offsets = torch.cumsum(counts, 0) - counts
+    sizes = (end - start).clamp(min=0).reshape(-1)
+    first = (row_offsets.unsqueeze(1) + start).reshape(-1)
+    total = int(sizes.sum())
+    window_of = torch.repeat_interleave(torch.arange(batch * windows, device=device), sizes, output_size=total)
+    run_starts = torch.cumsum(sizes, 0) - sizes
+    rank = first[window_of] + torch.arange(total, device=device) - run_starts[window_of]
+    rows = hidden_states.reshape(batch * tokens, hidden).index_select(0, real_positions[rank])
+    if reduce == "mean":
+        rows = rows.float()
+    elif reduce != "max":
+        raise ValueError(f"unknown reduce {reduce!r}; use 'mean' or 'max'")
+    reduced = torch.segment_reduce(rows, reduce, lengths=sizes, axis=0, unsafe=True)
+    reduced = torch.where((sizes > 0).unsqueeze(1), reduced, reduced.new_zeros(()))
+    return reduced.to(hidden_states.dtype).view(batch, windows, hidden)
 
 
 def adaptive_window_features(
@@ -98,15 +97,11 @@ def adaptive_window_features(
     Returns:
         ``(batch, hidden * sum(levels))``, levels in order, windows in order.
     """
-    packed, lengths = pack_real_tokens(hidden_states, token_mask)
-    tokens = hidden_states.size(1)
-    features = []
-    for k in levels:  # a handful of levels; windows and tokens stay vectorised
-        start, end = window_bounds(lengths, k)
-        # ceil((j+1)n/k) - floor(jn/k) <= ceil(n/k) + 1
-        max_width = min(tokens, math.ceil(tokens / k) + 1)
-        features.append(reduce_ranges(packed, start, end, max_width, reduce).flatten(1))
-    return torch.cat(features, dim=1)
+    lengths = token_mask.sum(dim=1)
+    bounds = [window_bounds(lengths, k) for k in levels]
+    start = torch.cat([b[0] for b in bounds], dim=1)
+    end = torch.cat([b[1] for b in bounds], dim=1)
+    return reduce_token_ranges(hidden_states, token_mask, start, end, reduce).flatten(1)
 
 
 def grid_window_features(
@@ -169,16 +164,14 @@ def sliding_window_features(
     Returns:
         ``(batch, hidden)``.
     """
-    packed, lengths = pack_real_tokens(hidden_states, token_mask)
+    lengths = token_mask.sum(dim=1, keepdim=True)
     tokens = hidden_states.size(1)
     count = math.ceil(max(tokens - window_size, 0) / stride) + 1
-    start = torch.arange(count, device=packed.device) * stride
-    start = start.unsqueeze(0).expand(packed.size(0), -1)
-    end = torch.minimum(start + window_size, lengths.unsqueeze(-1))
-    per_window = reduce_ranges(packed, start, end, min(window_size, tokens), reduce)
-    # window w is used if it is the first or the previous one stopped short of the end
-    used = (start == 0) | (start - stride + window_size < lengths.unsqueeze(-1))
-    used = used & (start < lengths.unsqueeze(-1))
+    start = (torch.arange(count, device=hidden_states.device) * stride).unsqueeze(0).expand(lengths.size(0), -1)
+    # window w is used if it starts inside the row and is the first or the previous one stopped short
+    used = ((start == 0) | (start - stride + window_size < lengths)) & (start < lengths)
+    end = torch.where(used, torch.minimum(start + window_size, lengths), start)
+    per_window = reduce_token_ranges(hidden_states, token_mask, start, end, reduce)
     return masked_reduce(per_window, used, reduce_windows)
 
 
