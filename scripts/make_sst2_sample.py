@@ -4,7 +4,7 @@ The whole 872-sentence validation split plus a seeded random sample of the train
 quickstart (`poolft train` with no arguments) runs offline on a fresh clone. Keeps the schema of
 the Hub dataset ``nyu-mll/glue`` / ``sst2`` (``idx``, ``sentence``, ``label`` ClassLabel).
 
-    python scripts/make_sst2_sample.py --source ../shared/data/sst2 --train-size 12000
+    python scripts/make_sst2_sample.py --source ../shared/data/sst2 --train-size 14000
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ TARGET = Path(__file__).resolve().parent.parent / "poolft" / "sample_data"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="../shared/data/sst2")
-    parser.add_argument("--train-size", type=int, default=12000)
+    parser.add_argument("--train-size", type=int, default=14000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     source = Path(args.source)

