@@ -9,6 +9,7 @@ typo or a wrong type is a one-line ``PoolftError``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class DataConfig:
     group_by_length: bool = True
     image_size: int | None = None  # None: the image processor's size
     augment: bool = False  # random horizontal flip + random resized crop on training images
+    holdout_fraction: float | None = None  # evaluate on this share of the train split instead (rate search)
     num_workers: int = 0
 
 
@@ -79,7 +81,10 @@ class TrainConfig:
     warmup_fraction: float = 0.06
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16
-    freeze_backbone: bool = False
+    freeze_backbone: bool = False  # the frozen backbone runs in eval mode (no dropout)
+    feature_cache: bool = False  # probe track: compute frozen-backbone states once, train the head on them
+    feature_cache_dir: str | None = None  # default ~/.cache/poolft/features
+    feature_cache_dtype: str = "float16"
     seed: int = 0
     eval_every_steps: int | None = None
     eval_every_epoch: bool = True
@@ -106,6 +111,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 CHOICES = {
     ("model", "layer_combine"): ("mean", "weighted"),
@@ -114,51 +120,76 @@ CHOICES = {
     ("train", "mixed_precision"): ("auto", "no", "fp16", "bf16"),
     ("train", "metric_for_best"): ("accuracy", "macro_f1", "loss"),
     ("train", "nonfinite_loss"): ("stop", "skip"),
+    ("train", "feature_cache_dtype"): ("float16", "float32"),
 }
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (optional) and apply command-line overrides; raises ``PoolftError``."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PoolftError(f"config file {path} does not exist; pass --config with a YAML file path")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            first_line = str(error).splitlines()[0]
-            raise PoolftError(f"config file {path} is not valid YAML ({first_line}); fix the syntax") from None
-        if not isinstance(raw, dict):
-            raise PoolftError(f"config file {path} must hold a mapping with sections model/data/train")
+    raw: dict[str, Any] = read_config_file(Path(path)) if path is not None else {}
     for key, value in parse_overrides(overrides or []):
         section, name = resolve_key(key)
-        raw.setdefault(section, {})
+        if raw.get(section) is None:  # absent, or an empty section in the YAML file
+            raw[section] = {}
         if not isinstance(raw[section], dict):
-            raise PoolftError(f"config section {section!r} must be a mapping")
+            raise PoolftError(f"config section {section!r} must be a mapping; write it as {section}: {{key: value}}")
         raw[section][name] = value
     return config_from_dict(raw)
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` (``yaml.safe_load``: tags that build Python objects are refused)."""
+    if path.is_dir():
+        raise PoolftError(f"config file {path} is a folder; pass --config with a YAML file path")
+    if not path.is_file():
+        raise PoolftError(f"config file {path} does not exist; pass --config with a YAML file path")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise PoolftError(f"config file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except yaml.constructor.ConstructorError as error:
+        raise PoolftError(
+            f"config file {path} uses a YAML tag that safe loading refuses ({_yaml_problem(error)}); "
+            "write plain values (numbers, strings, lists, mappings)"
+        ) from None
+    except yaml.YAMLError as error:
+        raise PoolftError(f"config file {path} is not valid YAML ({_yaml_problem(error)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise PoolftError(f"config file {path} must hold a mapping with sections model/data/train")
+    return raw
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """``"line 3: mapping values are not allowed here"`` from a PyYAML error."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """Build and validate a ``RunConfig`` from nested dicts."""
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(str(s) for s in set(raw) - set(SECTIONS))
     if unknown:
         raise PoolftError(f"unknown config section(s) {', '.join(unknown)}; valid sections: model, data, train")
     sections = {}
     for section, cls in SECTIONS.items():
         values = raw.get(section) or {}
         if not isinstance(values, dict):
-            raise PoolftError(f"config section {section!r} must be a mapping of keys to values")
+            raise PoolftError(
+                f"config section {section!r} must be a mapping of keys to values; write it as {section}: {{key: value}}"
+            )
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for key, value in values.items():
             if key not in fields:
-                hint = _closest(key, fields)
+                hint = _closest(str(key), fields)
                 raise PoolftError(f"unknown config key {section}.{key}{hint}; run `poolft train --help` for the keys")
             values[key] = _check_type(f"{section}.{key}", value, typing.get_type_hints(cls)[key])
             choices = CHOICES.get((section, key))
             if choices and values[key] not in choices:
-                raise PoolftError(f"{section}.{key}={values[key]!r} is not one of {', '.join(choices)}")
+                hint = _closest(str(values[key]), choices)
+                raise PoolftError(
+                    f"{section}.{key}={values[key]!r} is not a valid choice{hint}; use one of {', '.join(choices)}"
+                )
         sections[section] = cls(**values)
     config = RunConfig(**sections)
     _check_ranges(config)
@@ -247,6 +278,8 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise PoolftError(f"{name} must be true or false, got {value!r}")
+    if annotation in (int, float) and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string; users mean a number
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -307,6 +340,12 @@ def _check_ranges(config: RunConfig) -> None:
     }.items():
         if value is not None and value < 1:
             raise PoolftError(f"{name} must be at least 1 (or null), got {value}")
+    if data.holdout_fraction is not None and not 0 < data.holdout_fraction < 1:
+        raise PoolftError(f"data.holdout_fraction must be in (0, 1), got {data.holdout_fraction}")
+    if train.feature_cache and not train.freeze_backbone:
+        raise PoolftError("train.feature_cache needs a frozen backbone; add --train.freeze_backbone true")
+    if train.feature_cache and config.model.hidden_layers != [-1]:
+        raise PoolftError("train.feature_cache caches the last layer only; drop model.hidden_layers")
     if not 0 <= train.warmup_fraction < 1:
         raise PoolftError(f"train.warmup_fraction must be in [0, 1), got {train.warmup_fraction}")
     if not 0 <= config.model.classifier_dropout < 1:

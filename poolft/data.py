@@ -53,6 +53,11 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
             raise PoolftError(f"split {split_name!r} has no examples; point data.path at a non-empty dataset")
     if config.max_train_samples is not None and need_train:
         train = train.select(range(min(config.max_train_samples, len(train))))
+    if config.holdout_fraction is not None and need_train:
+        # rate search: hold out a seeded share of the run's training examples and evaluate on it
+        parts = train.train_test_split(test_size=config.holdout_fraction, seed=0, shuffle=True)
+        train, evaluation = parts["train"], parts["test"]
+        description["holdout_fraction"] = config.holdout_fraction
     if config.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(config.max_eval_samples, len(evaluation))))
     label_names = label_names_of(train, config.label_column)

@@ -29,6 +29,7 @@ from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save
 from .config import RunConfig, config_to_yaml
 from .data import load_splits
 from .errors import PoolftError
+from .feature_cache import CachedStatesCollator, HeadOnCachedStates, cached_loader_inputs
 from .inputs import encode_split, example_lengths, make_collator
 from .metrics import classification_metrics
 from .model_card import model_card
@@ -52,6 +53,13 @@ class RunInputs:
     task: str
     backbone: str
     data_description: dict[str, Any]
+    # the probe track trains a head-only module on cached states; ``model`` is still what is saved
+    trainable: Any = None
+    cached: bool = False
+
+    @property
+    def module_to_train(self) -> Any:
+        return self.trainable if self.trainable is not None else self.model
 
 
 class FixedBatches(Sampler[list[int]]):
@@ -78,11 +86,7 @@ def has_accelerator() -> bool:
     """A CUDA, XPU or MPS device is present (else multi-process runs use MULTI_CPU / gloo)."""
     xpu = getattr(torch, "xpu", None)
     mps = getattr(torch.backends, "mps", None)
-    return (
-        torch.cuda.is_available()
-        or bool(xpu and xpu.is_available())
-        or bool(mps and mps.is_available())
-    )
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or bool(mps and mps.is_available())
 
 
 def build_accelerator(config: RunConfig) -> Accelerator:
@@ -151,16 +155,73 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
     )
 
 
+def run_lengths(inputs: RunInputs) -> tuple[list[int] | None, list[int] | None]:
+    """Per-example token counts of both splits (None for images)."""
+    if inputs.cached:
+        if inputs.task != "text":
+            return None, None
+        return inputs.train_set.lengths(), inputs.eval_set.lengths()
+    return example_lengths(inputs.train_set, inputs.task), example_lengths(inputs.eval_set, inputs.task)
+
+
+def run_collator(inputs: RunInputs, *, augment: bool) -> Any:
+    if inputs.cached:
+        return CachedStatesCollator()
+    return make_collator(inputs.preprocessor, inputs.task, augment=augment)
+
+
+def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Accelerator) -> None:
+    """Probe track: swap the splits for cached frozen-backbone states and train the head alone."""
+    if config.data.augment:
+        raise PoolftError("data.augment cannot be used with train.feature_cache (states are computed once)")
+    collator = make_collator(inputs.preprocessor, inputs.task)
+    lengths = (example_lengths(inputs.train_set, inputs.task), example_lengths(inputs.eval_set, inputs.task))
+    precision = resolve_mixed_precision(config.train.mixed_precision)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    inputs.model.to(accelerator.device)
+    with accelerator.main_process_first():
+        train_states, eval_states = cached_loader_inputs(
+            inputs.model,
+            inputs.train_set,
+            inputs.eval_set,
+            collator,
+            inputs.task,
+            lengths,
+            config.train.feature_cache_dir,
+            config.train.feature_cache_dtype,
+            inputs.backbone,
+            autocast_dtype,
+        )
+    inputs.train_set, inputs.eval_set = train_states, eval_states
+    inputs.trainable = HeadOnCachedStates(inputs.model, train_states.meta)
+    inputs.cached = True
+
+
+def set_train_mode(model: Any, config: RunConfig) -> None:
+    """Training mode, except a frozen backbone, which runs like at inference (no dropout)."""
+    model.train()
+    inner = accelerator_free(model)
+    encoder = getattr(inner, getattr(inner, "base_model_prefix", "encoder"), None)
+    if config.train.freeze_backbone and encoder is not None:
+        encoder.eval()
+
+
+def accelerator_free(model: Any) -> Any:
+    """The module under a DDP wrapper, if any."""
+    return getattr(model, "module", model)
+
+
 def make_loaders(config: RunConfig, inputs: RunInputs) -> tuple[DataLoader, DataLoader, ShuffledBatchSampler]:
     """Training loader (seeded, length-grouped batches) and evaluation loader (length-sorted)."""
+    train_lengths, eval_lengths = run_lengths(inputs)
     train_sampler = ShuffledBatchSampler(
-        example_lengths(inputs.train_set, inputs.task),
+        train_lengths,
         len(inputs.train_set),
         config.train.batch_size,
         seed=config.train.seed,
         group_by_length=config.data.group_by_length,
     )
-    eval_lengths = example_lengths(inputs.eval_set, inputs.task) or [0] * len(inputs.eval_set)
+    eval_lengths = eval_lengths or [0] * len(inputs.eval_set)
     eval_batches = FixedBatches(
         length_sorted_batches(eval_lengths, config.train.eval_batch_size), config.train.eval_batch_size
     )
@@ -168,13 +229,13 @@ def make_loaders(config: RunConfig, inputs: RunInputs) -> tuple[DataLoader, Data
     train_loader = DataLoader(
         inputs.train_set,
         batch_sampler=train_sampler,
-        collate_fn=make_collator(inputs.preprocessor, inputs.task, augment=config.data.augment),
+        collate_fn=run_collator(inputs, augment=config.data.augment),
         **common,
     )
     eval_loader = DataLoader(
         inputs.eval_set,
         batch_sampler=eval_batches,
-        collate_fn=make_collator(inputs.preprocessor, inputs.task),
+        collate_fn=run_collator(inputs, augment=False),
         **common,
     )
     return train_loader, eval_loader, train_sampler
@@ -182,6 +243,7 @@ def make_loaders(config: RunConfig, inputs: RunInputs) -> tuple[DataLoader, Data
 
 def evaluate_model(model: Any, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
     """Accuracy, macro-F1 and loss over the whole loader; each sample counted once across processes."""
+    modes = {module: module.training for module in model.modules()}
     model.eval()
     predictions, references, losses = [], [], []
     with torch.no_grad():
@@ -192,7 +254,8 @@ def evaluate_model(model: Any, loader: DataLoader, accelerator: Accelerator) -> 
             predictions.append(gathered[0].cpu())
             references.append(gathered[1].cpu())
             losses.append(gathered[2].float().cpu())
-    model.train()
+    for module, training in modes.items():  # back to the caller's modes (a frozen encoder stays in eval)
+        module.training = training
     predictions_all, references_all = torch.cat(predictions), torch.cat(references)
     metrics = classification_metrics(predictions_all.tolist(), references_all.tolist())
     metrics["loss"] = float(torch.cat(losses).mean())
@@ -244,9 +307,11 @@ def train(config: RunConfig) -> dict[str, Any]:
     inputs = load_run_inputs(config, accelerator)
     if accelerator.is_main_process:
         write_atomically(output_dir / CONFIG_FILE, config_to_yaml(config))
-    model = inputs.model
     if config.train.freeze_backbone:
-        freeze_backbone(model)
+        freeze_backbone(inputs.model)
+    if config.train.feature_cache:
+        use_feature_cache(config, inputs, accelerator)
+    model = inputs.module_to_train
     train_loader, eval_loader, train_sampler = make_loaders(config, inputs)
     steps_per_epoch = math.ceil(len(train_loader) / config.train.gradient_accumulation_steps)
     total_steps = config.train.max_steps or math.ceil(config.train.epochs * steps_per_epoch)
@@ -271,7 +336,7 @@ def train(config: RunConfig) -> dict[str, Any]:
         disable=not (accelerator.is_local_main_process and config.train.progress),
         dynamic_ncols=True,
     )
-    model.train()
+    set_train_mode(model, config)
     window_start, window_samples, window_loss, window_batches = time.perf_counter(), 0, 0.0, 0
     while state.global_step < total_steps:
         # Accelerate's loader passes its own iteration count to the sampler: align it with the
@@ -351,12 +416,19 @@ def train(config: RunConfig) -> dict[str, Any]:
     metrics = run_summary(config, inputs, state, started, accelerator)
     if accelerator.is_main_process:
         card = model_card(config, metrics, inputs.label_names, inputs.task)
-        save_model_atomically(accelerator.unwrap_model(model), inputs.preprocessor, output_dir, {"README.md": card})
+        save_model_atomically(
+            saveable(accelerator, model, inputs), inputs.preprocessor, output_dir, {"README.md": card}
+        )
         write_json(output_dir / "metrics.json", metrics)
     log.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
+
+
+def saveable(accelerator: Accelerator, model: Any, inputs: RunInputs) -> Any:
+    """The full Hugging Face model to save (on the probe track it holds the trained head)."""
+    return inputs.model if inputs.cached else accelerator.unwrap_model(model)
 
 
 def resume(accelerator: Accelerator, output_dir: Path, request: str) -> TrainerState | None:
@@ -405,7 +477,7 @@ def run_evaluation(
     if is_better(key, metrics[key], state.best_metric):
         state.best_metric, state.best_step, state.best_metrics = metrics[key], state.global_step, metrics
         if accelerator.is_main_process:
-            save_model_atomically(accelerator.unwrap_model(model), inputs.preprocessor, output_dir / "best", {})
+            save_model_atomically(saveable(accelerator, model, inputs), inputs.preprocessor, output_dir / "best", {})
     accelerator.wait_for_everyone()
 
 
