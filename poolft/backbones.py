@@ -50,13 +50,28 @@ def load_backbone_config(name_or_path: str, model: ModelConfig) -> PretrainedCon
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
         raise PoolftError(f"backbone folder {name_or_path} does not exist; pass an existing folder or a Hub id")
     try:
-        return AutoConfig.from_pretrained(
+        config = AutoConfig.from_pretrained(
             name_or_path, revision=model.revision, trust_remote_code=model.trust_remote_code
         )
     except (OSError, ValueError, json.JSONDecodeError) as error:
         raise PoolftError(
             f"cannot load backbone {name_or_path!r} ({_first_line(error)}); check the id or folder"
         ) from None
+    check_hidden_layers(model, config)
+    return config
+
+
+def check_hidden_layers(model: ModelConfig, config: PretrainedConfig) -> None:
+    """``model.hidden_layers`` must index the backbone's hidden states (0 = embeddings, -1 = last)."""
+    layers = getattr(config, "num_hidden_layers", None)
+    if model.stock_head or layers is None:
+        return
+    wrong = [i for i in model.hidden_layers if not -(layers + 1) <= i <= layers]
+    if wrong:
+        raise PoolftError(
+            f"model.hidden_layers {wrong} do not exist in a backbone with {layers} layers; "
+            f"use indices from {-(layers + 1)} to {layers} (0 = embeddings, -1 = last layer)"
+        )
 
 
 def modality_of(config: PretrainedConfig) -> str:

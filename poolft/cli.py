@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from typing import Any
 
 from .errors import PoolftError
@@ -24,13 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USER_ERROR
-    if extra and args.command != "train":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        args, extra = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USER_ERROR
+        if extra and args.command not in ("train", "sweep"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return COMMANDS[args.command](args, extra)
     except PoolftError as error:
         if debug:
@@ -42,10 +43,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one-line ``PoolftError``s (exit status 2, no usage dump)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise PoolftError(f"{message}; run `{self.prog} --help` for the usage")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="poolft", description="Fine-tune Hugging Face encoders with pluggable pooling heads."
-    )
+    parser = Parser(prog="poolft", description="Fine-tune Hugging Face encoders with pluggable pooling heads.")
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser(
         "train",
@@ -64,15 +81,39 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data.text_column", dest="text_column")
     evaluate.add_argument("--data.image_column", dest="image_column")
     evaluate.add_argument("--data.label_column", dest="label_column")
-    evaluate.add_argument("--data.max_eval_samples", dest="max_eval_samples", type=int)
-    evaluate.add_argument("--batch_size", type=int, default=64)
+    evaluate.add_argument("--data.max_eval_samples", dest="max_eval_samples", type=positive_int)
+    evaluate.add_argument("--batch_size", type=positive_int, default=64)
     predict = commands.add_parser("predict", help="label texts or images with a trained model")
     predict.add_argument("--model", required=True, help="folder written by poolft train")
     predict.add_argument("texts", nargs="*", help="texts to classify")
     predict.add_argument("--image", nargs="+", default=[], help="image files to classify")
-    predict.add_argument("--batch_size", type=int, default=64)
+    predict.add_argument("--batch_size", type=positive_int, default=64)
     predict.add_argument("--json", action="store_true", help="print JSON lines")
     commands.add_parser("poolers", help="list the pooling heads and their options")
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a recipe's grid of heads x seeds (with a rate search), resumably",
+        description="Extra arguments are config overrides, as for poolft train.",
+    )
+    sweep.add_argument("--config", required=True, help="the recipe's base YAML")
+    sweep.add_argument(
+        "--poolers",
+        default="stock,cls,mean,max,attention,window",
+        help="comma-separated heads; 'stock' = the stock Hugging Face head",
+    )
+    sweep.add_argument("--seeds", default="0,1,2")
+    sweep.add_argument(
+        "--rates", default=None, help="candidate rates to search per head (backbone rate; head rate on the probe track)"
+    )
+    sweep.add_argument("--holdout", type=float, default=0.1, help="share of the training split for the rate search")
+    sweep.add_argument("--track", choices=["finetune", "probe"], default=None)
+    sweep.add_argument("--task", default=None, help="name in the results (default: the config's folder name)")
+    sweep.add_argument("--results", default="recipes/results")
+    sweep.add_argument("--runs", default="runs/sweeps", help="where the runs' output folders go")
+    report = commands.add_parser("report", help="regenerate recipes/README.md from recipes/results/*.json")
+    report.add_argument("--results", default="recipes/results")
+    report.add_argument("--output", default="recipes/README.md")
+    report.add_argument("--readme", default="README.md", help="project README whose marked block gets the tables")
     return parser
 
 
@@ -127,6 +168,9 @@ def run_predict(args: argparse.Namespace, _: list[str]) -> int:
 
     if not args.texts and not args.image:
         raise PoolftError("nothing to predict; pass texts as arguments or --image FILE...")
+    if args.texts and args.image:
+        raise PoolftError("pass either texts or --image files, not both; run one poolft predict per kind")
+    check_files_exist(args.image)  # before the (slower) model loading
     classifier = load_classifier(args.model)
     inputs: list[Any] = list(args.texts) if args.texts else list(args.image)
     results = classifier.predict(inputs, batch_size=args.batch_size, images=not args.texts)
@@ -138,6 +182,12 @@ def run_predict(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def check_files_exist(paths: list[str]) -> None:
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise PoolftError(f"image {missing[0]} does not exist; pass existing image files to --image")
+
+
 def run_poolers(args: argparse.Namespace, _: list[str]) -> int:
     from .pooling import POOLERS, pooler_option_defaults
 
@@ -147,7 +197,44 @@ def run_poolers(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "eval": run_eval, "predict": run_predict, "poolers": run_poolers}
+def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .sweep import run_sweep as sweep
+
+    written = sweep(
+        args.config,
+        args.poolers,
+        args.seeds,
+        args.rates,
+        args.track,
+        args.task,
+        args.results,
+        args.runs,
+        args.holdout,
+        overrides,
+    )
+    print(f"poolft sweep: {len(written)} result files under {args.results}")
+    return 0
+
+
+def run_report(args: argparse.Namespace, _: list[str]) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    write_report(Path(args.results), Path(args.output), Path(args.readme) if args.readme else None)
+    print(f"poolft report: wrote {args.output}")
+    return 0
+
+
+COMMANDS = {
+    "train": run_train,
+    "eval": run_eval,
+    "predict": run_predict,
+    "poolers": run_poolers,
+    "sweep": run_sweep,
+    "report": run_report,
+}
 
 
 if __name__ == "__main__":

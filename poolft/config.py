@@ -91,6 +91,8 @@ class TrainConfig:
     metric_for_best: str = "accuracy"
     save_every_steps: int | None = None
     save_total_limit: int = 2
+    save_at_end: bool = True  # a last training checkpoint (weights + optimiser) besides the final model
+    save_best_model: bool = True  # keep the best model by metric_for_best in output_dir/best
     resume_from_checkpoint: str | None = None
     log_every_steps: int = 10
     trackers: list[str] = field(default_factory=list)

@@ -47,6 +47,7 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
     train = raw[config.train_split] if need_train else raw[config.eval_split]
     evaluation = raw[config.eval_split]
     task = infer_task(config, train)
+    check_image_folder_labels(config, description, train)
     for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
         check_columns(config, task, split, split_name)
         if len(split) == 0:
@@ -63,10 +64,8 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
     label_names = label_names_of(train, config.label_column)
     train = encode_labels(train, config.label_column, label_names, config.train_split)
     evaluation = encode_labels(evaluation, config.label_column, label_names, config.eval_split)
-    if len(label_names) < 2 and need_train:
-        raise PoolftError(
-            f"the training split has only one label ({label_names[0]!r}); a classifier needs at least two classes"
-        )
+    if need_train:
+        check_two_classes(train, label_names, description)
     description.update(
         train_split=config.train_split, eval_split=config.eval_split, train_size=len(train), eval_size=len(evaluation)
     )
@@ -107,6 +106,8 @@ def _load_files(files: dict[str, str]) -> DatasetDict:
             )
         if not Path(path).is_file():
             raise PoolftError(f"data file {path} for split {split!r} does not exist; fix data.data_files")
+        if not has_rows(Path(path)):
+            raise PoolftError(f"data file {path} for split {split!r} has no rows; add examples or fix data.data_files")
         builders.add((FILE_BUILDERS[suffix], suffix == ".tsv"))
     if len(builders) > 1:
         raise PoolftError("data.data_files mixes file types; convert the splits to one format")
@@ -114,10 +115,82 @@ def _load_files(files: dict[str, str]) -> DatasetDict:
     options = {"delimiter": "\t"} if is_tsv else {}
     try:
         return datasets.load_dataset(builder, data_files=files, **options)
-    except UnicodeDecodeError as error:
-        raise PoolftError(f"a data file is not valid UTF-8 ({_first_line(error)}); re-save it as UTF-8") from None
-    except Exception as error:
-        raise PoolftError(f"could not read data files {files} ({type(error).__name__}: {_first_line(error)})") from None
+    except Exception as error:  # datasets wraps the reader's error (DatasetGenerationError)
+        if _caused_by(error, UnicodeDecodeError):
+            raise PoolftError(_not_utf8_message(files)) from None
+        cause = _root_cause(error)
+        raise PoolftError(
+            f"could not read data files {files} ({type(cause).__name__}: {_first_line(cause)}); "
+            f"check that each file is a valid {builder} table with a header row"
+        ) from None
+
+
+def has_rows(path: Path) -> bool:
+    """False for a data file that certainly holds no examples (empty, header only, ``[]``)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows > 0
+        except Exception:  # not parquet: the loader reports it
+            return True
+    with open(path, "rb") as stream:
+        head = stream.read(65536)
+    if suffix in (".csv", ".tsv"):
+        lines = [line for line in head.splitlines() if line.strip()]
+        return len(lines) > 1 or len(head) == 65536  # more than the header row
+    return head.strip() not in (b"", b"[]", b"{}")
+
+
+def _not_utf8_message(files: dict[str, str]) -> str:
+    """Which data file is not UTF-8, where, and the fix."""
+    for split, path in files.items():
+        if Path(path).suffix.lower() == ".parquet":
+            continue
+        problem = _utf8_problem(Path(path))
+        if problem:
+            return f"data file {path} for split {split!r} is not valid UTF-8 ({problem}); re-save it as UTF-8"
+    return f"a data file of {', '.join(files.values())} is not valid UTF-8; re-save it as UTF-8"
+
+
+def _utf8_problem(path: Path) -> str | None:
+    """``"byte 0xe9 at offset 12"`` for the first invalid UTF-8 byte of ``path``, else None."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                return f"byte 0x{chunk[error.start]:02x} at offset {offset + error.start}"
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "truncated character at the end"
+    return None
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost error of a chain (the reader's own message, not the wrapper's)."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    return error
 
 
 def _load_local(folder: Path) -> tuple[DatasetDict, dict[str, Any]]:
@@ -138,6 +211,28 @@ def _load_local(folder: Path) -> tuple[DatasetDict, dict[str, Any]]:
     raise PoolftError(
         f"folder {folder} holds no data files ({', '.join(sorted(FILE_BUILDERS))}) and no images; "
         "point data.path at a dataset folder"
+    )
+
+
+def check_image_folder_labels(config: DataConfig, description: dict[str, Any], train: Dataset) -> None:
+    """An image folder without class subfolders has no label column: say how to lay it out."""
+    if description.get("source") == "imagefolder" and config.label_column not in train.column_names:
+        raise PoolftError(
+            f"image folder {description['path']} gives no labels (one class folder or none); arrange it as "
+            "<split>/<class>/<image> with at least two class folders"
+        )
+
+
+def check_two_classes(train: Dataset, label_names: list[str], description: dict[str, Any]) -> None:
+    """A classifier needs examples of at least two classes in the training split."""
+    present = train.unique("labels")
+    if len(present) >= 2:
+        return
+    only = label_names[present[0]] if present else label_names[0]
+    layout = " arranged as <split>/<class>/<image>" if description.get("source") == "imagefolder" else ""
+    raise PoolftError(
+        f"the training split has only one label ({only!r}); a classifier needs at least two classes, "
+        f"so give it examples of two or more classes{layout}"
     )
 
 

@@ -33,7 +33,8 @@ def parse_fault_spec(text: str) -> set[tuple[str, int]]:
         point, _, counter = item.partition(":")
         if point not in POINTS or not counter.strip().isdigit():
             raise ValueError(
-                f"{ENVIRONMENT_VARIABLE}={text!r}: cannot read {item!r}; write point:N with point one of {', '.join(POINTS)}"
+                f"{ENVIRONMENT_VARIABLE}={text!r}: cannot read {item!r}; "
+                f"write point:N with point one of {', '.join(POINTS)}"
             )
         faults.add((point, int(counter)))
     return faults

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from .checkpoints import checkpoint_problem
 from .config import RunConfig
 from .errors import PoolftError
 
@@ -34,6 +35,7 @@ def prepare_output_dir(config: RunConfig) -> Path:
             resume), or cannot be written.
     """
     folder = Path(config.train.output_dir)
+    check_resume_request(config.train.resume_from_checkpoint)
     if folder.exists() and not folder.is_dir():
         raise PoolftError(f"output_dir {folder} is a file; choose a folder path for train.output_dir")
     if folder.is_dir() and any(folder.iterdir()):
@@ -68,6 +70,18 @@ def prepare_output_dir(config: RunConfig) -> Path:
     except OSError as error:
         raise PoolftError(f"cannot write to output_dir {folder} ({error.strerror}); choose a writable folder") from None
     return folder
+
+
+def check_resume_request(request: str | None) -> None:
+    """An explicit checkpoint path must be an intact checkpoint before the run touches any folder."""
+    if request is None or request == "latest":
+        return
+    folder = Path(request)
+    problem = checkpoint_problem(folder) if folder.is_dir() else "no such folder"
+    if problem:
+        raise PoolftError(
+            f"checkpoint {folder} cannot be used: {problem}; pass an output_dir/checkpoints/step-N folder or 'latest'"
+        )
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -39,7 +39,8 @@ def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, config: D
     remove = [c for c in split.column_names if c not in keep]
     for column in columns:
         value = split.features[column]
-        if getattr(value, "dtype", "string") not in ("string", "large_string"):
+        # "null": every value is missing (read as empty texts, like single missing ones)
+        if getattr(value, "dtype", "string") not in ("string", "large_string", "null"):
             raise PoolftError(f"text column {column!r} holds {value}, not text; set data.text_column to a text column")
     return split.map(tokenize, batched=True, remove_columns=remove, desc=f"tokenize ({name})")
 

@@ -412,7 +412,8 @@ def train(config: RunConfig) -> dict[str, Any]:
 
     if state.last_metrics.get("step") != state.global_step:
         run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log)
-    save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
+    if config.train.save_at_end:
+        save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
     metrics = run_summary(config, inputs, state, started, accelerator)
     if accelerator.is_main_process:
         card = model_card(config, metrics, inputs.label_names, inputs.task)
@@ -476,7 +477,7 @@ def run_evaluation(
     key = config.train.metric_for_best
     if is_better(key, metrics[key], state.best_metric):
         state.best_metric, state.best_step, state.best_metrics = metrics[key], state.global_step, metrics
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and config.train.save_best_model:
             save_model_atomically(saveable(accelerator, model, inputs), inputs.preprocessor, output_dir / "best", {})
     accelerator.wait_for_everyone()
 

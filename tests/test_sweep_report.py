@@ -1,0 +1,222 @@
+"""poolft sweep (grid, rate search, skip and resume), the probe cache, and poolft report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets_for_tests import write_sentiment_csv
+from safetensors.torch import load_file
+
+import poolft.train
+from poolft.cli import main
+from poolft.config import load_config
+from poolft.report import END, START, load_results, render, write_report
+
+
+def recipe(tmp_path, backbone, *, probe: bool) -> str:
+    files = write_sentiment_csv(tmp_path / "data", train_size=96, eval_size=32)
+    train = {
+        "epochs": 1,
+        "batch_size": 16,
+        "mixed_precision": "no",
+        "save_best_model": False,
+        "save_at_end": False,
+        "freeze_backbone": probe,
+        "feature_cache": probe,
+        "feature_cache_dir": str(tmp_path / "cache"),
+    }
+    config = {
+        "model": {"backbone": str(backbone)},
+        "data": {"data_files": files, "text_column": "text"},
+        "train": train,
+    }
+    path = tmp_path / "tiny" / "recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return str(path)
+
+
+def count_trainings(monkeypatch) -> list[str]:
+    calls = []
+    original = poolft.train.train
+
+    def counting(config):
+        calls.append(config.train.output_dir)
+        return original(config)
+
+    monkeypatch.setattr(poolft.train, "train", counting)
+    return calls
+
+
+def test_sweep_runs_grid_with_rate_search_then_skips_and_resumes(tmp_path, tiny_bert_dir, monkeypatch):
+    config = recipe(tmp_path, tiny_bert_dir, probe=True)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    arguments = [
+        "sweep",
+        "--config",
+        config,
+        "--poolers",
+        "mean,stock",
+        "--seeds",
+        "0,1",
+        "--rates",
+        "1e-3,1e-2",
+        "--results",
+        str(results),
+        "--runs",
+        str(runs),
+    ]
+    calls = count_trainings(monkeypatch)
+    assert main(arguments) == 0
+    assert len(calls) == 2 * 2 + 2 * 2  # rate search (2 rates) + 2 seeds, for 2 heads
+    written = sorted(p.name for p in (results / "tiny" / "probe").glob("*.json"))
+    assert written == ["mean-seed0.json", "mean-seed1.json", "stock-seed0.json", "stock-seed1.json"]
+    record = json.loads((results / "tiny" / "probe" / "mean-seed1.json").read_text())
+    assert record["seed"] == 1 and record["track"] == "probe" and record["pooler"] == "mean"
+    assert set(record["rate_search"]) == {"0.001", "0.01"} and record["rate"] in (0.001, 0.01)
+    assert record["hyperparameters"]["train"]["head_learning_rate"] == record["rate"]
+    assert record["dataset"]["files"]["train"]["sha256"] and len(record["backbone"]["sha256"]) == 64
+    assert record["final"]["samples"] == 32 and record["train_size"] == 96
+    stock = json.loads((results / "tiny" / "probe" / "stock-seed0.json").read_text())
+    assert stock["pooler_options"] == {"dense": True}  # BERT's own head on cached states
+
+    calls.clear()
+    assert main(arguments) == 0
+    assert calls == []  # everything done: nothing re-runs
+
+    (results / "tiny" / "probe" / "mean-seed1.json").unlink()
+    assert main(arguments) == 0
+    assert calls == [str(runs / "tiny" / "probe" / "mean-seed1")]  # only the missing run
+
+
+def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_bert_dir, monkeypatch):
+    config = recipe(tmp_path, tiny_bert_dir, probe=False)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    arguments = [
+        "sweep",
+        "--config",
+        config,
+        "--poolers",
+        "max",
+        "--seeds",
+        "0",
+        "--results",
+        str(results),
+        "--runs",
+        str(runs),
+        "--train.save_every_steps=2",
+        "--train.epochs=2",
+    ]
+    original_write = poolft.train.StepLog.write
+
+    def crash_at_step_5(self, record):
+        original_write(self, record)
+        if record.get("step") == 5 and "loss" in record:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(poolft.train.StepLog, "write", crash_at_step_5)
+    assert main(arguments) == 130
+    monkeypatch.setattr(poolft.train.StepLog, "write", original_write)
+    assert main(arguments) == 0
+    log = (runs / "tiny" / "finetune" / "max-seed0" / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in log if "loss" in json.loads(line)]
+    assert steps[:5] == [1, 2, 3, 4, 5] and steps[5:] == [5, 6, 7, 8, 9, 10, 11, 12]  # resumed after step 4
+
+
+def test_head_trained_on_cache_equals_head_trained_with_frozen_backbone(tmp_path, tiny_bert_dir):
+    config_path = recipe(tmp_path, tiny_bert_dir, probe=True)
+    weights = {}
+    for cached in (True, False):
+        config = load_config(
+            config_path,
+            [
+                f"--train.output_dir={tmp_path / str(cached)}",
+                "--train.epochs=2",
+                "--model.pooler=attention",
+                f"--train.feature_cache={str(cached).lower()}",
+                "--train.feature_cache_dtype=float32",
+                "--train.progress=false",
+            ],
+        )
+        poolft.train.train(config)
+        weights[cached] = load_file(tmp_path / str(cached) / "model.safetensors")
+    assert weights[True].keys() == weights[False].keys()
+    for key in weights[True]:
+        torch.testing.assert_close(weights[True][key], weights[False][key], rtol=1e-5, atol=1e-6, msg=key)
+    head = [k for k in weights[True] if k.startswith(("pooler.", "classifier."))]
+    assert head and any(not torch.equal(weights[True][k], torch.zeros_like(weights[True][k])) for k in head)
+
+
+def fixture_result(task, track, head, seed, accuracy):
+    return {
+        "task": task,
+        "track": track,
+        "head": head,
+        "pooler": head,
+        "seed": seed,
+        "rate": 1e-3,
+        "rate_key": "train.learning_rate",
+        "final": {"accuracy": accuracy, "macro_f1": accuracy - 0.01},
+        "train_samples_per_second": 100.0 + seed,
+        "wall_seconds": 60.0,
+        "train_size": 2000,
+        "eval_size": 872,
+        "mixed_precision": "bf16",
+        "backbone": {"path": "minilm", "sha256": "ab" * 32},
+        "dataset": {"source": "files"},
+        "hyperparameters": {
+            "data": {"eval_split": "validation", "max_length": 64, "image_size": None, "holdout_fraction": None},
+            "train": {"epochs": 1, "batch_size": 32, "scheduler": "linear", "feature_cache": False},
+        },
+        "hardware": {"cpu": "Test CPU", "cpu_count": 2},
+        "software": {"poolft_commit": "0123456789abcdef"},
+        "curve": [
+            {"step": 10, "accuracy": accuracy - 0.05, "loss": 0.5},
+            {"step": 20, "accuracy": accuracy, "loss": 0.4},
+        ],
+    }
+
+
+def test_report_tables_from_fixture_files(tmp_path):
+    results = tmp_path / "results"
+    values = {"stock": [0.80, 0.82, 0.81], "mean": [0.84, 0.85, 0.86], "cls": [0.79]}
+    for head, accuracies in values.items():
+        for seed, accuracy in enumerate(accuracies):
+            path = results / "sst2" / "finetune" / f"{head}-seed{seed}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(fixture_result("sst2", "finetune", head, seed, accuracy)))
+    (results / "sst2" / "finetune" / "rate-search").mkdir()
+    (results / "sst2" / "finetune" / "rate-search" / "mean-rate0.01.json").write_text("{}")  # ignored
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    text = write_report(results, tmp_path / "recipes" / "README.md", readme)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["| stock"].startswith("| stock | 81.00 ± 1.00 | 80.00 | 3 | — |")
+    assert rows["| mean"].startswith("| mean | 85.00 ± 1.00 | 84.00 | 3 | +4.00 |")
+    assert rows["| cls"].startswith("| cls | 79.00 | 78.00 | 1 | -2.00 |")  # one seed: no std
+    assert list(rows) == ["| head", "| stock", "| cls", "| mean"]
+    assert (tmp_path / "recipes" / "plots" / "sst2-finetune.png").stat().st_size > 1000
+    refreshed = readme.read_text()
+    assert refreshed.startswith("intro\n") and refreshed.endswith("outro\n") and "old" not in refreshed
+    assert "| mean | 85.00 ± 1.00" in refreshed
+    assert render(load_results(results), None) == text  # the same files give the same bytes
+
+
+@pytest.mark.parametrize("track", ["finetune", "probe"])
+def test_committed_recipes_readme_matches_results(track):
+    """recipes/README.md is exactly what `poolft report` makes of recipes/results."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    results = load_results(root / "recipes" / "results")
+    committed = (root / "recipes" / "README.md").read_text(encoding="utf-8")
+    assert render(results, None) == committed
+    tracks = {r["track"] for r in results}
+    if track in tracks:  # every head of a recorded track has at least 3 seeds
+        heads = {}
+        for result in results:
+            if result["track"] == track:
+                heads.setdefault((result["task"], result["head"]), set()).add(result["seed"])
+        assert all(len(seeds) >= 3 for seeds in heads.values()), heads
