@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .config import DEFAULT_TEXT_BACKBONE_HUB_ID, ModelConfig
+from .config import DEFAULT_TEXT_BACKBONE_HUB_ID, NUMBER, ModelConfig
 from .errors import PoolftError
 from .modeling import PoolftForImageClassification, PoolftForSequenceClassification
 from .pooling import available_poolers, pooler_option_defaults
@@ -88,7 +88,10 @@ def check_modality(backbone: str, config: PretrainedConfig, task: str) -> None:
     kind = modality_of(config)
     if kind != task:
         fix = "a ViT-family image backbone" if task == "image" else "a BERT-family text backbone"
-        raise PoolftError(f"backbone {backbone} is a {kind} model but the data is {task}; use {fix} for this data")
+        article = "an" if kind == "image" else "a"
+        raise PoolftError(
+            f"backbone {backbone} is {article} {kind} model but the data is {task}; use {fix} for this data"
+        )
 
 
 def load_preprocessor(name_or_path: str, task: str, model: ModelConfig) -> Any:
@@ -120,6 +123,35 @@ def check_pooler(model: ModelConfig) -> None:
         raise PoolftError(
             f"unknown option(s) {', '.join(unknown)} for pooler {model.pooler!r}; valid: {', '.join(valid) or 'none'}"
         )
+    for key, value in model.pooler_options.items():
+        model.pooler_options[key] = checked_option(model.pooler, key, value, valid[key])
+
+
+def checked_option(pooler: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the option default's type (bool, int, number, text, list of ints), else an error.
+
+    A number written as text (YAML reads ``1e-6`` without a dot as a string) becomes a float.
+    """
+    if isinstance(default, float) and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+        value = float(value)
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, kind = isinstance(value, str), "a string"
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        kind = "a list of integers, e.g. [1, 2, 4]"
+    else:
+        return value
+    if not ok:
+        raise PoolftError(
+            f"pooler option {pooler}.{key}={value!r} has the wrong type; make it {kind} (default {default!r})"
+        )
+    return value
 
 
 def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[str]) -> PreTrainedModel:
@@ -128,14 +160,17 @@ def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[
     load_kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
     if model.stock_head:
         auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
-        return auto.from_pretrained(
-            backbone,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id={name: i for i, name in id2label.items()},
-            ignore_mismatched_sizes=True,
-            **load_kwargs,
-        )
+        try:
+            return auto.from_pretrained(
+                backbone,
+                num_labels=len(label_names),
+                id2label=id2label,
+                label2id={name: i for i, name in id2label.items()},
+                ignore_mismatched_sizes=True,
+                **load_kwargs,
+            )
+        except OSError as error:
+            raise _weights_error(backbone, error) from None
     cls = PoolftForSequenceClassification if task == "text" else PoolftForImageClassification
     try:
         return cls.from_backbone(
@@ -148,8 +183,20 @@ def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[
             classifier_dropout=model.classifier_dropout,
             **load_kwargs,
         )
-    except ValueError as error:  # a pooler option with a bad value
-        raise PoolftError(f"cannot build pooler {model.pooler!r}: {_first_line(error)}") from None
+    except (ValueError, TypeError) as error:  # a pooler option with a bad value
+        raise PoolftError(
+            f"cannot build pooler {model.pooler!r} ({_first_line(error)}); fix model.pooler_options "
+            "(`poolft poolers` lists each head's options)"
+        ) from None
+    except OSError as error:  # a config.json without (readable) weights
+        raise _weights_error(backbone, error) from None
+
+
+def _weights_error(backbone: str, error: OSError) -> PoolftError:
+    return PoolftError(
+        f"cannot load the weights of backbone {backbone} ({_first_line(error)}); pass a folder with "
+        "model.safetensors (or pytorch_model.bin) or a Hub id"
+    )
 
 
 def max_positions(config: PretrainedConfig) -> int | None:

@@ -3,6 +3,9 @@ which columns hold inputs and labels, and the label names shared by both splits.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,8 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
     label_names = label_names_of(train, config.label_column)
     train = encode_labels(train, config.label_column, label_names, config.train_split)
     evaluation = encode_labels(evaluation, config.label_column, label_names, config.eval_split)
+    for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
+        check_no_missing_labels(split, config.label_column, split_name)
     if need_train:
         check_two_classes(train, label_names, description)
     description.update(
@@ -114,7 +119,8 @@ def _load_files(files: dict[str, str]) -> DatasetDict:
     ((builder, is_tsv),) = builders
     options = {"delimiter": "\t"} if is_tsv else {}
     try:
-        return datasets.load_dataset(builder, data_files=files, **options)
+        with _datasets_errors_unlogged():  # poolft reports the failure itself, in one line
+            return datasets.load_dataset(builder, data_files=files, **options)
     except Exception as error:  # datasets wraps the reader's error (DatasetGenerationError)
         if _caused_by(error, UnicodeDecodeError):
             raise PoolftError(_not_utf8_message(files)) from None
@@ -123,6 +129,18 @@ def _load_files(files: dict[str, str]) -> DatasetDict:
             f"could not read data files {files} ({type(cause).__name__}: {_first_line(cause)}); "
             f"check that each file is a valid {builder} table with a header row"
         ) from None
+
+
+@contextlib.contextmanager
+def _datasets_errors_unlogged() -> Iterator[None]:
+    """Silence the ``datasets`` logger's "Failed to read file" line during a load."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def has_rows(path: Path) -> bool:
@@ -206,7 +224,9 @@ def _load_local(folder: Path) -> tuple[DatasetDict, dict[str, Any]]:
         try:
             loaded = datasets.load_dataset("imagefolder", data_dir=str(folder))
         except Exception as error:
-            raise PoolftError(f"could not read image folder {folder} ({_first_line(error)})") from None
+            raise PoolftError(
+                f"could not read image folder {folder} ({_first_line(error)}); arrange it as <split>/<class>/<image>"
+            ) from None
         return loaded, {"source": "imagefolder", "path": str(folder)}
     raise PoolftError(
         f"folder {folder} holds no data files ({', '.join(sorted(FILE_BUILDERS))}) and no images; "
@@ -215,17 +235,28 @@ def _load_local(folder: Path) -> tuple[DatasetDict, dict[str, Any]]:
 
 
 def check_image_folder_labels(config: DataConfig, description: dict[str, Any], train: Dataset) -> None:
-    """An image folder without class subfolders has no label column: say how to lay it out."""
-    if description.get("source") == "imagefolder" and config.label_column not in train.column_names:
+    """An image folder without class subfolders has no labels: say how to lay it out."""
+    if description.get("source") != "imagefolder":
+        return
+    column = config.label_column
+    if column not in train.column_names or train.unique(column) == [None]:
         raise PoolftError(
             f"image folder {description['path']} gives no labels (one class folder or none); arrange it as "
             "<split>/<class>/<image> with at least two class folders"
         )
 
 
+def check_no_missing_labels(split: Dataset, label_column: str, split_name: str) -> None:
+    """Rows without a label (None in a ``ClassLabel`` column) cannot be trained or scored."""
+    if None in split.unique("labels"):
+        raise PoolftError(
+            f"split {split_name!r} has rows without a label in column {label_column!r}; drop or fill those rows"
+        )
+
+
 def check_two_classes(train: Dataset, label_names: list[str], description: dict[str, Any]) -> None:
     """A classifier needs examples of at least two classes in the training split."""
-    present = train.unique("labels")
+    present = [label for label in train.unique("labels") if label is not None]
     if len(present) >= 2:
         return
     only = label_names[present[0]] if present else label_names[0]

@@ -43,7 +43,10 @@ def evaluate_saved_model(
     data = eval_data_config(model_dir, config_path, overrides)
     splits = load_splits(data, need_train=False)
     if splits.task != task:
-        raise PoolftError(f"model {model_dir} is a {task} model but split {data.eval_split!r} is {splits.task} data")
+        raise PoolftError(
+            f"model {model_dir} is a {task} model but split {data.eval_split!r} is {splits.task} data; "
+            f"evaluate it on {task} data (--data.path)"
+        )
     model_labels = {name: int(i) for i, name in model.config.id2label.items()}
     missing = [name for name in splits.label_names if name not in model_labels]
     if missing:

@@ -24,7 +24,8 @@ class Classifier:
     def predict(self, inputs: list[Any], batch_size: int = 64, images: bool = False) -> list[tuple[str, float]]:
         if images != (self.task == "image"):
             kind = "image files (--image)" if self.task == "image" else "texts"
-            raise PoolftError(f"this is a {self.task} model; pass {kind}")
+            article = "an" if self.task == "image" else "a"
+            raise PoolftError(f"this is {article} {self.task} model; pass {kind}")
         order = list(range(len(inputs)))
         if self.task == "text":  # similar lengths per batch waste less compute on padding
             order.sort(key=lambda i: len(inputs[i]))

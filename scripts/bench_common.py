@@ -288,6 +288,7 @@ def poolft_batches(run_dir: Path) -> BatchStats:
     length-grouping sampler and the number of batches the run took (``metrics.json``). Single
     process and no resume assumed (what the benchmarks run).
     """
+    import datasets
     import transformers
 
     from poolft.config import load_config
@@ -300,6 +301,7 @@ def poolft_batches(run_dir: Path) -> BatchStats:
     if metrics.get("task") != "text":
         raise ValueError(f"{run_dir} is not a finished text run")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(run_dir))
+    datasets.disable_progress_bars()
     splits = load_splits(config.data)
     train = encode_split(splits.train, tokenizer, "text", config.data, config.data.train_split)
     lengths = example_lengths(train, "text")

@@ -18,6 +18,7 @@ tell "kept the pretrained weights" from "re-initialised them".
 from __future__ import annotations
 
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -34,6 +35,103 @@ from transformers import (  # noqa: E402
     ViTImageProcessor,
     ViTModel,
 )
+
+
+class NetworkBlockedError(RuntimeError):
+    """A test tried to open a connection beyond this machine (tests must run offline)."""
+
+
+class NetworkGuard:
+    """Patches ``socket`` so outbound connections raise; loopback and AF_UNIX stay allowed.
+
+    Every refused attempt is also recorded in ``blocked``, so a test that swallows the error (a
+    library falling back to its cache) still fails, in the teardown of ``_fail_tests_that_reach_out``.
+    """
+
+    error = NetworkBlockedError
+
+    def __init__(self) -> None:
+        self.blocked: list[str] = []
+        self.originals: tuple | None = None
+
+    @staticmethod
+    def is_local(host: object) -> bool:
+        if not isinstance(host, str) or host in ("", "localhost"):
+            return True
+        import ipaddress
+
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False  # a host name other than localhost: refused before any DNS lookup
+        mapped = getattr(ip, "ipv4_mapped", None) or ip
+        return mapped.is_loopback or mapped.is_unspecified
+
+    def check(self, family: int, address: object) -> None:
+        if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple) or not address:
+            return
+        if not self.is_local(address[0]):
+            self.blocked.append(f"{address[0]}:{address[1] if len(address) > 1 else ''}")
+            raise NetworkBlockedError(f"network access is blocked in tests (connection to {self.blocked[-1]})")
+
+    def install(self) -> None:
+        if self.originals is not None:
+            return
+        connect, connect_ex, create_connection = (
+            socket.socket.connect,
+            socket.socket.connect_ex,
+            socket.create_connection,
+        )
+        guard = self
+        self.originals = (connect, connect_ex, create_connection)
+
+        def guarded_connect(sock, address):
+            guard.check(sock.family, address)
+            return connect(sock, address)
+
+        def guarded_connect_ex(sock, address):
+            guard.check(sock.family, address)
+            return connect_ex(sock, address)
+
+        def guarded_create_connection(address, *args, **kwargs):
+            guard.check(socket.AF_INET, address)
+            return create_connection(address, *args, **kwargs)
+
+        socket.socket.connect, socket.socket.connect_ex = guarded_connect, guarded_connect_ex
+        socket.create_connection = guarded_create_connection
+
+    def uninstall(self) -> None:
+        if self.originals is not None:
+            socket.socket.connect, socket.socket.connect_ex, socket.create_connection = self.originals
+            self.originals = None
+
+
+NETWORK_GUARD = NetworkGuard()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    NETWORK_GUARD.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    NETWORK_GUARD.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def _fail_tests_that_reach_out():
+    """Fail a test that tried to connect out, even if the code under test caught the error."""
+    already = len(NETWORK_GUARD.blocked)
+    yield
+    attempts = NETWORK_GUARD.blocked[already:]
+    if attempts:
+        pytest.fail(f"the test tried to reach the network: {', '.join(attempts)}", pytrace=False)
+
+
+@pytest.fixture
+def network_guard() -> NetworkGuard:
+    """The installed guard (``blocked``: refused attempts; ``error``: the exception it raises)."""
+    return NETWORK_GUARD
+
 
 #: hidden width of both tiny backbones
 TINY_HIDDEN = 32

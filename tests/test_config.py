@@ -374,3 +374,19 @@ def test_config_to_yaml_round_trips(tmp_path):
 
 def test_default_config_round_trips(tmp_path):
     assert load_config(write(tmp_path / "config.yaml", config_to_yaml(RunConfig()))) == RunConfig()
+
+
+def test_pooler_options_from_yaml_are_type_checked(tmp_path):
+    from poolft.backbones import check_pooler
+
+    path = write(tmp_path / "gem.yaml", "model:\n  pooler: gem\n  pooler_options: {eps: 1e-6, p: 2}\n")
+    config = load_config(path)
+    check_pooler(config.model)
+    assert config.model.pooler_options == {"eps": pytest.approx(1e-6), "p": 2}
+    assert isinstance(config.model.pooler_options["eps"], float)
+    config = load_config(None, ["--model.pooler=gem", "--model.pooler_options={learn_p: 1}"])
+    with pytest.raises(PoolftError, match=r"pooler option gem.learn_p=1 has the wrong type; make it true or false"):
+        check_pooler(config.model)
+    config = load_config(None, ["--model.pooler=window", "--model.pooler_options={levels: [1, two]}"])
+    with pytest.raises(PoolftError, match=r"window.levels=\[1, 'two'\] has the wrong type; make it a list of integers"):
+        check_pooler(config.model)

@@ -119,7 +119,10 @@ def test_label_names_from_classlabel_are_kept_in_their_order(tmp_path):
 
 def test_integer_labels_are_sorted_as_numbers(tmp_path):
     rows = [{"text": t, "label": v} for t, v in (("a", 10), ("b", 2), ("c", 1), ("d", 2))]
-    files = {"train": write_table(tmp_path / "t.jsonl", rows), "validation": write_table(tmp_path / "v.jsonl", rows[:2])}
+    files = {
+        "train": write_table(tmp_path / "t.jsonl", rows),
+        "validation": write_table(tmp_path / "v.jsonl", rows[:2]),
+    }
     splits = load_splits(DataConfig(data_files=files, text_column="text"))
     assert splits.label_names == ["1", "2", "10"]
     assert splits.train["labels"] == [2, 1, 0, 1]
@@ -140,9 +143,13 @@ def test_missing_column_names_the_existing_ones(tmp_path):
         "train": write_table(tmp_path / "train.csv", TRAIN_ROWS),
         "validation": write_table(tmp_path / "validation.csv", EVAL_ROWS),
     }
-    with pytest.raises(PoolftError, match=r"column 'sentence' not in split 'train' \(columns: text, label\); set data.text_column"):
+    with pytest.raises(
+        PoolftError, match=r"column 'sentence' not in split 'train' \(columns: text, label\); set data.text_column"
+    ):
         load_splits(DataConfig(data_files=files))
-    with pytest.raises(PoolftError, match=r"column 'lable' not in split 'train' \(columns: text, label\); set data.label_column"):
+    with pytest.raises(
+        PoolftError, match=r"column 'lable' not in split 'train' \(columns: text, label\); set data.label_column"
+    ):
         load_splits(DataConfig(data_files=files, text_column="text", label_column="lable"))
 
 
@@ -417,3 +424,42 @@ def test_length_grouping_wastes_much_less_padding():
     # the batch order is still shuffled: batches of mixed lengths follow each other
     maxima = [max(lengths[i] for i in batch) for batch in grouped.batches()]
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".tsv", ".json", ".jsonl"])
+def test_data_file_without_rows_is_an_error(tmp_path, suffix):
+    empty = tmp_path / f"empty{suffix}"
+    if suffix == ".parquet":
+        pd.DataFrame({"text": pd.Series([], dtype=str), "label": pd.Series([], dtype=str)}).to_parquet(empty)
+    elif suffix in (".csv", ".tsv"):
+        empty.write_text("text,label\n\n" if suffix == ".csv" else "text\tlabel\n", encoding="utf-8")
+    else:
+        empty.write_text("[]\n" if suffix == ".json" else "\n", encoding="utf-8")
+    files = {"train": write_table(tmp_path / f"train{suffix}", TRAIN_ROWS), "validation": str(empty)}
+    with pytest.raises(PoolftError, match=r"empty\.\w+ for split 'validation' has no rows; add examples"):
+        load_splits(DataConfig(data_files=files, text_column="text"))
+
+
+def test_non_utf8_file_is_named_with_the_offending_byte(tmp_path):
+    bad = tmp_path / "train.csv"
+    bad.write_bytes("text,label\nna\xefve,pos\nbad,neg\n".encode("latin-1"))
+    files = {"train": str(bad), "validation": write_table(tmp_path / "validation.csv", EVAL_ROWS)}
+    with pytest.raises(PoolftError, match=r"train.csv for split 'train' is not valid UTF-8 \(byte 0xef at offset 13\)"):
+        load_splits(DataConfig(data_files=files, text_column="text"))
+
+
+def test_image_folder_without_class_folders_is_an_error(tmp_path):
+    for split in ("train", "validation"):
+        (tmp_path / split).mkdir()
+        for i in range(2):
+            Image.new("RGB", (4, 4), (60 * i, 0, 0)).save(tmp_path / split / f"{i}.png")
+    with pytest.raises(PoolftError, match=r"gives no labels .*<split>/<class>/<image>"):
+        load_splits(DataConfig(path=str(tmp_path)))
+
+
+def test_training_split_with_one_present_class_is_an_error(tmp_path):
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    Dataset.from_dict({"text": ["a", "b"], "label": [1, 1]}, features=features).to_parquet(tmp_path / "train.parquet")
+    Dataset.from_dict({"text": ["c"], "label": [0]}, features=features).to_parquet(tmp_path / "validation.parquet")
+    with pytest.raises(PoolftError, match=r"only one label \('pos'\)"):
+        load_splits(DataConfig(path=str(tmp_path), text_column="text"))

@@ -1,0 +1,154 @@
+"""Benchmark: inference throughput of a saved poolft model -- poolft's paths vs ``transformers.pipeline``.
+
+The same saved model (``--model-dir``, or a fresh untrained MiniLM-L6 + mean pooler saved with its
+tokenizer: weights do not change the speed) classifies the same SST-2 validation sentences (872,
+or ``--samples``) three ways, at each of ``--batch-sizes`` (default 1 and 64):
+
+  predict   ``poolft.prediction.load_classifier(dir).predict(texts, batch_size)`` (what
+            ``poolft predict`` runs: tokenizes per batch, batches sorted by length);
+  eval      ``poolft.evaluation.evaluate_saved_model`` (what ``poolft eval`` runs: the split is
+            tokenized with ``datasets.map`` first, then the training loop's evaluator over
+            length-sorted batches, with Accelerate); timed two ways: the whole call (loading the
+            model and data included, the tokenization cached after the first call) and its own
+            loop-only ``samples_per_second``;
+  pipeline  ``transformers.pipeline("text-classification", model=dir, batch_size=...)`` called on
+            the list of texts (tokenizes per batch, keeps the input order).
+
+The model is loaded once per path outside the timing (except the ``eval`` whole-call figure);
+every figure is the median over ``--repeats`` passes after one untimed pass. All in float32. The
+predicted labels of ``predict`` and ``pipeline`` are compared (they should agree on every
+sentence), and ``eval``'s accuracy against ``predict``'s.
+
+Usage::
+
+    python scripts/bench_inference.py                  # 872 sentences, batch sizes 1 and 64
+    python scripts/bench_inference.py --quick          # smoke test: 64 sentences, 1 pass
+    python scripts/bench_inference.py --model-dir runs/mean-... --batch-sizes 1 8 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common as common  # noqa: E402
+
+LABELS = {0: "negative", 1: "positive"}  # SST-2's label names, so ``poolft eval`` accepts the model
+
+
+def save_untrained_model(folder: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from poolft import PoolftForSequenceClassification
+    from poolft.backbones import default_text_backbone
+
+    backbone = default_text_backbone()
+    model = PoolftForSequenceClassification.from_backbone(backbone, pooler="mean", num_labels=2, id2label=LABELS)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(backbone).save_pretrained(folder)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: 64 sentences, 1 timed pass")
+    parser.add_argument("--model-dir", type=Path, default=None, help="a saved poolft text model (default: untrained)")
+    parser.add_argument("--samples", type=int, default=None, help="validation sentences (default: all 872)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per measurement (median)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.samples = args.samples or 64
+        args.repeats = 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    os.environ["HF_DATASETS_CACHE"] = str(workdir / "hf-datasets-cache")  # before datasets is imported
+    import datasets
+    import torch
+    import transformers
+    import yaml
+
+    from poolft.evaluation import evaluate_saved_model
+    from poolft.prediction import load_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    common.print_header("poolft inference benchmark: predict / eval paths vs transformers.pipeline")
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    try:
+        model_dir = args.model_dir
+        if model_dir is None:
+            model_dir = workdir / "model"
+            save_untrained_model(model_dir)
+        validation = common.SST2 / "validation.parquet"
+        texts = datasets.load_dataset("parquet", data_files={"validation": str(validation)})["validation"]["sentence"]
+        if args.samples:
+            texts = texts[: args.samples]
+        # ``poolft eval`` reads the data section of a config: only the validation file, same rows
+        config = workdir / "eval.yaml"
+        data = {"data_files": {"validation": str(validation)}, "max_eval_samples": args.samples}
+        config.write_text(yaml.safe_dump({"data": {k: v for k, v in data.items() if v is not None}}))
+        print(f"  model:        {model_dir}{' (untrained MiniLM-L6 + mean pooler)' if args.model_dir is None else ''}")
+        print(f"  data:         {len(texts)} SST-2 validation sentences; median of {args.repeats} passes\n")
+
+        classifier = load_classifier(str(model_dir))
+        pipe = transformers.pipeline("text-classification", model=str(model_dir))
+        rows, notes = [], []
+        for batch_size in args.batch_sizes:
+            predict_s, _ = common.median_seconds(
+                lambda bs=batch_size: classifier.predict(texts, batch_size=bs), repeats=args.repeats
+            )
+            eval_metrics: dict = {}
+
+            def run_eval(bs: int = batch_size) -> None:
+                eval_metrics.update(evaluate_saved_model(str(model_dir), str(config), {}, batch_size=bs))
+
+            eval_s, _ = common.median_seconds(run_eval, repeats=args.repeats)
+            loop_sps = eval_metrics["samples_per_second"]
+            pipe_s, _ = common.median_seconds(lambda bs=batch_size: pipe(texts, batch_size=bs), repeats=args.repeats)
+            n = len(texts)
+            rows += [
+                [f"predict, batch {batch_size}", n / predict_s, 1e3 * predict_s / n, common.ratio(pipe_s, predict_s)],
+                [f"eval (whole call), batch {batch_size}", n / eval_s, 1e3 * eval_s / n, common.ratio(pipe_s, eval_s)],
+                [f"eval (loop only), batch {batch_size}", loop_sps, 1e3 / loop_sps, common.ratio(loop_sps * pipe_s, n)],
+                [f"pipeline, batch {batch_size}", n / pipe_s, 1e3 * pipe_s / n, "1.00x"],
+            ]
+            predicted = [label for label, _ in classifier.predict(texts, batch_size=batch_size)]
+            piped = [item["label"] for item in pipe(texts, batch_size=batch_size)]
+            agree = sum(a == b for a, b in zip(predicted, piped, strict=True)) / n
+            references = datasets.load_dataset("parquet", data_files={"validation": str(validation)})["validation"]
+            gold = [LABELS.get(i, str(i)) for i in references["label"][:n]]
+            predict_accuracy = sum(a == b for a, b in zip(predicted, gold, strict=True)) / n
+            notes.append(
+                f"batch {batch_size}: predict and pipeline agree on {agree:.1%} of labels; accuracy predict "
+                f"{predict_accuracy:.4f}, eval {eval_metrics['accuracy']:.4f} ({eval_metrics['samples']} examples)"
+            )
+        print(f"{len(texts)} sentences, float32, {torch.get_num_threads()} threads")
+        common.print_table(["path", "samples/s", "ms/sample", "speed vs pipeline"], rows)
+        for note in notes:
+            print(f"  {note}")
+        print(
+            "  eval (whole call) includes loading the model and the split (tokenization cached by datasets after the "
+            "first call); the other rows exclude model loading."
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    common.print_footer(started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
