@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,9 @@ def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[
     """The classifier a run trains: a poolft head on the backbone, or the stock HF head."""
     id2label = dict(enumerate(label_names))
     load_kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+    check_weight_format(backbone, model.allow_pickle_weights)
+    if not model.allow_pickle_weights:
+        load_kwargs["use_safetensors"] = True  # never unpickle unless the user asked for it
     if model.stock_head:
         auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
         try:
@@ -169,7 +173,7 @@ def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[
                 ignore_mismatched_sizes=True,
                 **load_kwargs,
             )
-        except OSError as error:
+        except (OSError, pickle.UnpicklingError) as error:
             raise _weights_error(backbone, error) from None
     cls = PoolftForSequenceClassification if task == "text" else PoolftForImageClassification
     try:
@@ -188,11 +192,26 @@ def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[
             f"cannot build pooler {model.pooler!r} ({_first_line(error)}); fix model.pooler_options "
             "(`poolft poolers` lists each head's options)"
         ) from None
-    except OSError as error:  # a config.json without (readable) weights
+    except (OSError, pickle.UnpicklingError) as error:  # a config.json without (readable) weights
         raise _weights_error(backbone, error) from None
 
 
-def _weights_error(backbone: str, error: OSError) -> PoolftError:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def check_weight_format(backbone: str, allow_pickle: bool) -> None:
+    """A local backbone with only pickle-format weights is refused unless explicitly allowed."""
+    folder = Path(backbone)
+    if allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
+        raise PoolftError(
+            f"backbone {backbone} has only pickle-format weights (*.bin/*.pt), which can run code when loaded; "
+            "convert them to safetensors or pass --model.allow_pickle_weights true (loaded with weights_only=True)"
+        )
+
+
+def _weights_error(backbone: str, error: Exception) -> PoolftError:
     return PoolftError(
         f"cannot load the weights of backbone {backbone} ({_first_line(error)}); pass a folder with "
         "model.safetensors (or pytorch_model.bin) or a Hub id"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import PoolftError
+from .fault_injection import maybe_fail
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "COMPLETE"
@@ -149,6 +151,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerStat
     accelerator.save_state(str(temporary), safe_serialization=True)
     rng_file = temporary / f"rng_state_{accelerator.process_index}.json"
     rng_file.write_text(json.dumps(rng_state()), encoding="utf-8")
+    maybe_fail("checkpoint", state.global_step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
@@ -164,7 +167,13 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerStat
 
 def load_checkpoint(accelerator: Any, folder: Path) -> TrainerState:
     """Restore weights, optimiser, scheduler, RNG states; return the trainer state."""
-    accelerator.load_state(str(folder))
+    try:
+        accelerator.load_state(str(folder))
+    except pickle.UnpicklingError as error:  # accelerate loads optimiser files with weights_only=True
+        raise PoolftError(
+            f"checkpoint {folder} holds a file that is not plain tensors ({str(error).splitlines()[0][:120]}); "
+            "it was refused unread: resume from another checkpoint"
+        ) from None
     state = TrainerState(**json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8")))
     rng_file = folder / f"rng_state_{accelerator.process_index}.json"
     if not rng_file.is_file():

@@ -36,6 +36,7 @@ class ModelConfig:
     classifier_dropout: float = 0.1
     revision: str | None = None
     trust_remote_code: bool = False
+    allow_pickle_weights: bool = False  # load *.bin/*.pt backbones (then only with weights_only=True)
 
 
 @dataclass

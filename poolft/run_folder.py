@@ -110,6 +110,8 @@ def save_model_atomically(model: Any, preprocessor: Any, folder: Path, extra_fil
     the previous files in ``folder`` intact rather than a half-written model.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".tmp-model-*"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     temporary = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-model-"))
     try:
         model.save_pretrained(temporary, safe_serialization=True)

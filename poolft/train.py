@@ -29,6 +29,7 @@ from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save
 from .config import RunConfig, config_to_yaml
 from .data import load_splits
 from .errors import PoolftError
+from .fault_injection import maybe_fail
 from .feature_cache import CachedStatesCollator, HeadOnCachedStates, cached_loader_inputs
 from .inputs import encode_split, example_lengths, make_collator
 from .metrics import classification_metrics
@@ -354,6 +355,7 @@ def train(config: RunConfig) -> dict[str, Any]:
                 finite = bool(torch.isfinite(mean_loss))
                 if finite:
                     accelerator.backward(loss)
+                maybe_fail("step", state.global_step + 1)
                 grad_norm = None
                 if accelerator.sync_gradients and finite and config.train.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
@@ -378,7 +380,7 @@ def train(config: RunConfig) -> dict[str, Any]:
             record = {
                 "step": state.global_step,
                 "epoch": state.epoch + state.batches_in_epoch / max(len(train_loader), 1),
-                "loss": window_loss / max(window_batches, 1),
+                "loss": window_loss / window_batches if window_batches else None,
                 **learning_rates(optimizer),
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "samples_per_second": window_samples / max(now - window_start, 1e-9),
@@ -387,7 +389,9 @@ def train(config: RunConfig) -> dict[str, Any]:
             progress.update(1)
             if state.global_step % config.train.log_every_steps == 0 or state.global_step == 1:
                 progress.set_postfix(
-                    loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_second']:.1f}"
+                    loss=f"{record['loss'] or float('nan'):.4f}",
+                    lr=f"{record['lr']:.2e}",
+                    sps=f"{record['samples_per_second']:.1f}",
                 )
             window_start, window_samples, window_loss, window_batches = now, 0, 0.0, 0
             every = config.train.eval_every_steps
@@ -467,6 +471,7 @@ def run_evaluation(
 ) -> None:
     """Evaluate, log, and keep the best model (by ``train.metric_for_best``) in ``output_dir/best``."""
     metrics = evaluate_model(model, eval_loader, accelerator)
+    maybe_fail("eval", state.global_step)
     metrics["step"] = state.global_step
     state.last_metrics = metrics
     log.write({"step": state.global_step, **{f"eval_{k}": v for k, v in metrics.items() if k != "step"}})

@@ -102,6 +102,12 @@ def print_header(title: str, extra: Sequence[str] = ()) -> None:
     print(f"  versions:     {versions()}")
     print(f"  platform:     {platform.platform()}")
     print(f"  load average: {load_average()} (other work on the machine skews timings)")
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > usable:
+        print(
+            f"  WARNING: load average {os.getloadavg()[0]:.1f} exceeds the {usable} usable CPUs: timings are unreliable "
+            "(with other processes on its cores, torch's OpenMP threads stall at every barrier, which hurts small ops "
+            "most); rerun on an idle machine, or compare runs with --threads 1"
+        )
     for line in extra:
         print(f"  {line}")
     sys.stdout.flush()
