@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
+from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .modeling import patch_grid
@@ -66,7 +67,7 @@ def compute_states(
     order = length_sorted_batches(lengths or [0] * len(split), batch_size)
     pieces: dict[int, np.ndarray] = {}
     layout: dict[str, Any] = {}
-    for batch_indices in order:
+    for batch_indices in tqdm(order, desc="cache backbone states", unit="batch", mininterval=10):
         batch = collator([split[i] for i in batch_indices])
         batch.pop("labels")
         device = next(model.parameters()).device
