@@ -94,9 +94,10 @@ def cache_pixels(split: Dataset, image_processor: Any, config: DataConfig, name:
 
     features = Features({"pixels": Array3D((3, height, width), "uint8"), **{"labels": split.features["labels"]}})
     remove = [c for c in split.column_names if c != "labels"]
-    return split.map(
+    cached = split.map(
         prepare, batched=True, with_indices=True, remove_columns=remove, features=features, desc=f"images ({name})"
     )
+    return cached.with_format("numpy")  # rows come back as arrays, not nested Python lists
 
 
 class ImageCollator:

@@ -418,7 +418,7 @@ def train(config: RunConfig) -> dict[str, Any]:
         run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log)
     if config.train.save_at_end:
         save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
-    metrics = run_summary(config, inputs, state, started, accelerator)
+    metrics = run_summary(config, inputs, state, started, accelerator, len(train_loader))
     if accelerator.is_main_process:
         card = model_card(config, metrics, inputs.label_names, inputs.task)
         save_model_atomically(
@@ -488,14 +488,19 @@ def run_evaluation(
 
 
 def run_summary(
-    config: RunConfig, inputs: RunInputs, state: TrainerState, started: float, accelerator: Accelerator
+    config: RunConfig,
+    inputs: RunInputs,
+    state: TrainerState,
+    started: float,
+    accelerator: Accelerator,
+    batches_per_epoch: int,
 ) -> dict[str, Any]:
     """The content of ``metrics.json``."""
     return {
         "final": state.last_metrics,
         "best": {**state.best_metrics, "metric": config.train.metric_for_best},
         "global_step": state.global_step,
-        "epochs_completed": state.epoch,
+        "epochs_completed": state.epoch + state.batches_in_epoch / max(batches_per_epoch, 1),
         "train_samples_seen": state.samples_seen,
         "train_seconds": state.train_seconds,
         "train_samples_per_second": state.samples_seen / state.train_seconds if state.train_seconds else None,

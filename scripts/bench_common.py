@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -104,9 +105,9 @@ def print_header(title: str, extra: Sequence[str] = ()) -> None:
     print(f"  load average: {load_average()} (other work on the machine skews timings)")
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > usable:
         print(
-            f"  WARNING: load average {os.getloadavg()[0]:.1f} exceeds the {usable} usable CPUs: timings are unreliable "
-            "(with other processes on its cores, torch's OpenMP threads stall at every barrier, which hurts small ops "
-            "most); rerun on an idle machine, or compare runs with --threads 1"
+            f"  WARNING: load average {os.getloadavg()[0]:.1f} exceeds the {usable} usable CPUs: timings are "
+            "unreliable (with other processes on its cores, torch's OpenMP threads stall at every barrier, "
+            "which hurts small ops most); rerun on an idle machine, or compare runs with --threads 1"
         )
     for line in extra:
         print(f"  {line}")
@@ -170,7 +171,8 @@ def run_job(
 def fresh_datasets_cache(workdir: Path, name: str) -> dict[str, str]:
     """Environment giving a job an empty ``datasets`` cache, so no job reuses another's tokenization."""
     cache = workdir / "hf-datasets-cache" / name
-    cache.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(cache, ignore_errors=True)  # a reused --workdir must not hand a job a warm cache
+    cache.mkdir(parents=True)
     return {"HF_DATASETS_CACHE": str(cache)}
 
 
@@ -310,9 +312,13 @@ def poolft_batches(run_dir: Path) -> BatchStats:
     datasets.disable_progress_bars()
     splits = load_splits(config.data)
     train = encode_split(splits.train, tokenizer, "text", config.data, config.data.train_split)
-    lengths = example_lengths(train, "text")
+    lengths = list(example_lengths(train, "text"))
     sampler = ShuffledBatchSampler(
-        lengths, len(train), config.train.batch_size, seed=config.train.seed, group_by_length=config.data.group_by_length
+        lengths,
+        len(train),
+        config.train.batch_size,
+        seed=config.train.seed,
+        group_by_length=config.data.group_by_length,
     )
     state = metrics["trainer_state"]
     calls, epochs = state["accumulate_calls"], state["epoch"] + 1

@@ -94,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = workdir / "model"
             save_untrained_model(model_dir)
         validation = common.SST2 / "validation.parquet"
-        texts = datasets.load_dataset("parquet", data_files={"validation": str(validation)})["validation"]["sentence"]
+        split = datasets.load_dataset("parquet", data_files={"validation": str(validation)})["validation"]
         if args.samples:
-            texts = texts[: args.samples]
+            split = split.select(range(min(args.samples, len(split))))
+        texts, gold = list(split["sentence"]), [LABELS.get(i, str(i)) for i in split["label"]]
         # ``poolft eval`` reads the data section of a config: only the validation file, same rows
         config = workdir / "eval.yaml"
         data = {"data_files": {"validation": str(validation)}, "max_eval_samples": args.samples}
@@ -108,17 +109,22 @@ def main(argv: list[str] | None = None) -> int:
         pipe = transformers.pipeline("text-classification", model=str(model_dir))
         rows, notes = [], []
         for batch_size in args.batch_sizes:
+            outputs: dict = {}
             predict_s, _ = common.median_seconds(
-                lambda bs=batch_size: classifier.predict(texts, batch_size=bs), repeats=args.repeats
+                lambda bs=batch_size, out=outputs: out.update(predict=classifier.predict(texts, batch_size=bs)),
+                repeats=args.repeats,
             )
             eval_metrics: dict = {}
-
-            def run_eval(bs: int = batch_size) -> None:
-                eval_metrics.update(evaluate_saved_model(str(model_dir), str(config), {}, batch_size=bs))
-
-            eval_s, _ = common.median_seconds(run_eval, repeats=args.repeats)
+            eval_s, _ = common.median_seconds(
+                lambda bs=batch_size, out=eval_metrics: out.update(
+                    evaluate_saved_model(str(model_dir), str(config), {}, batch_size=bs)
+                ),
+                repeats=args.repeats,
+            )
             loop_sps = eval_metrics["samples_per_second"]
-            pipe_s, _ = common.median_seconds(lambda bs=batch_size: pipe(texts, batch_size=bs), repeats=args.repeats)
+            pipe_s, _ = common.median_seconds(
+                lambda bs=batch_size, out=outputs: out.update(pipeline=pipe(texts, batch_size=bs)), repeats=args.repeats
+            )
             n = len(texts)
             rows += [
                 [f"predict, batch {batch_size}", n / predict_s, 1e3 * predict_s / n, common.ratio(pipe_s, predict_s)],
@@ -126,11 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 [f"eval (loop only), batch {batch_size}", loop_sps, 1e3 / loop_sps, common.ratio(loop_sps * pipe_s, n)],
                 [f"pipeline, batch {batch_size}", n / pipe_s, 1e3 * pipe_s / n, "1.00x"],
             ]
-            predicted = [label for label, _ in classifier.predict(texts, batch_size=batch_size)]
-            piped = [item["label"] for item in pipe(texts, batch_size=batch_size)]
+            predicted = [label for label, _ in outputs["predict"]]
+            piped = [item["label"] for item in outputs["pipeline"]]
             agree = sum(a == b for a, b in zip(predicted, piped, strict=True)) / n
-            references = datasets.load_dataset("parquet", data_files={"validation": str(validation)})["validation"]
-            gold = [LABELS.get(i, str(i)) for i in references["label"][:n]]
             predict_accuracy = sum(a == b for a, b in zip(predicted, gold, strict=True)) / n
             notes.append(
                 f"batch {batch_size}: predict and pipeline agree on {agree:.1%} of labels; accuracy predict "

@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         ["precision", "train samples/s", "train s", "wall s", "peak RSS MiB", "accuracy", "eval loss", "eval n"], rows
     )
     fp32, bf16 = jobs["no"], jobs["bf16"]
+    speed = common.ratio(bf16.result.get("train_samples_per_second"), fp32.result.get("train_samples_per_second"))
     print(
-        f"\n  bf16 / fp32: train samples/s {common.ratio(bf16.result.get('train_samples_per_second'), fp32.result.get('train_samples_per_second'))}, "
+        f"\n  bf16 / fp32: train samples/s {speed}, "
         f"wall time {common.ratio(bf16.wall_seconds, fp32.wall_seconds)}, "
         f"peak RSS {common.ratio(bf16.peak_rss_mb, fp32.peak_rss_mb)}; "
         f"accuracy bf16 - fp32 {common.points(bf16.result.get('accuracy'), fp32.result.get('accuracy'))}"

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -311,7 +312,9 @@ def run_trainer(args: argparse.Namespace, workdir: Path, name: str, bf16: bool) 
     command += ["--bf16"] if bf16 else []
     command += ["--grouped"] if name == "trainer-grouped" else []
     command += ["--image"] if args.image else []
-    job = common.run_job(name, command, workdir / "logs" / f"{name}.log", env=common.fresh_datasets_cache(workdir, name))
+    job = common.run_job(
+        name, command, workdir / "logs" / f"{name}.log", env=common.fresh_datasets_cache(workdir, name)
+    )
     if job.ok and result_path.is_file():
         job.result = json.loads(result_path.read_text())
     return job
@@ -429,13 +432,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return trainer_worker(args)
     started = time.perf_counter()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-"))
+    workdir = workdir / ("image" if args.image else "text")
+    workdir.mkdir(parents=True, exist_ok=True)
+    # this process re-tokenizes poolft's training split (padding column): reuse the poolft job's cache
+    os.environ["HF_DATASETS_CACHE"] = common.fresh_datasets_cache(workdir, "poolft")["HF_DATASETS_CACHE"]
     common.print_header(
         "poolft training benchmark: poolft train vs transformers.Trainer",
         [f"job:          {'image (--image)' if args.image else 'text'}; each job in its own process"],
     )
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-"))
-    workdir = workdir / ("image" if args.image else "text")
-    workdir.mkdir(parents=True, exist_ok=True)
     print(f"  workdir:      {workdir}\n")
     jobs: dict[str, common.JobResult] = {}
     precision = "bf16" if common.cpu_flags() & {"avx512_bf16", "amx_bf16"} else "no"  # poolft's auto
@@ -445,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("trainer", "trainer-grouped"):
         if name in args.jobs:
             if args.image and name == "trainer-grouped":
-                continue  # images all have one length: grouping changes nothing
+                print("  [trainer-grouped] skipped: images all have one length, so grouping changes nothing")
+                continue
             jobs[name] = run_trainer(args, workdir, name, bf16=precision == "bf16")
     print_results(args, jobs, precision)
     if args.workdir is None:
