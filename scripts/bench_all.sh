@@ -7,6 +7,7 @@
 #                                         writes /tmp/poolft-BENCHMARKS.quick.md, never BENCHMARKS.md
 #   OUT=path.md scripts/bench_all.sh      write somewhere else
 #   THREADS=1 scripts/bench_all.sh        pass --threads 1 to every benchmark (a busy, shared machine)
+#   IMAGE_ARGS="--train-samples 1000 --image-size 56" scripts/bench_all.sh   smaller image jobs
 #   PYTHON=.venv/bin/python scripts/bench_all.sh
 #
 # Benchmarks: bench_poolers.py, bench_train.py (text and --image), bench_precision.py (text and
@@ -66,11 +67,11 @@ run_section poolers "Pooling heads vs backbone step (bench_poolers.py)" \
 run_section train_text "Training: poolft train vs transformers.Trainer, text (bench_train.py)" \
     "$PYTHON" scripts/bench_train.py "${FLAGS[@]}" --workdir "$WORK/train"
 run_section train_image "Training: poolft train vs transformers.Trainer, images (bench_train.py --image)" \
-    "$PYTHON" scripts/bench_train.py --image "${FLAGS[@]}" --workdir "$WORK/train"
+    "$PYTHON" scripts/bench_train.py --image "${FLAGS[@]}" ${IMAGE_ARGS:-} --workdir "$WORK/train"
 run_section precision_text "Precision: float32 vs bf16, text (bench_precision.py)" \
     "$PYTHON" scripts/bench_precision.py "${FLAGS[@]}"
 run_section precision_image "Precision: float32 vs bf16, images (bench_precision.py --image)" \
-    "$PYTHON" scripts/bench_precision.py --image "${FLAGS[@]}"
+    "$PYTHON" scripts/bench_precision.py --image "${FLAGS[@]}" ${IMAGE_ARGS:-}
 MFU_RUN=()
 if [[ -f "$WORK/train/text/poolft/metrics.json" ]]; then
     MFU_RUN=(--run-dir "$WORK/train/text/poolft")  # the poolft text run of bench_train, not a new one

@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         f"peak RSS {common.ratio(bf16.peak_rss_mb, fp32.peak_rss_mb)}; "
         f"accuracy bf16 - fp32 {common.points(bf16.result.get('accuracy'), fp32.result.get('accuracy'))}"
     )
-    auto = "bf16" if common.cpu_flags() & {"avx512_bf16", "amx_bf16"} else "no"
+    from poolft.train import resolve_mixed_precision
+
+    auto = resolve_mixed_precision("auto")
     print(f"  CPU: {common.bf16_flags()} -> poolft's mixed_precision=auto picks {auto!r} here")
     if args.workdir is None:
         shutil.rmtree(workdir.parent, ignore_errors=True)
