@@ -152,7 +152,8 @@ class CachedStates(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         start, end = self.offsets[index], self.offsets[index + 1]
-        return {"states": np.asarray(self.states[start:end], dtype=np.float32), "labels": int(self.labels[index])}
+        # a copy: memory-mapped rows are read-only and torch wants writable arrays
+        return {"states": np.array(self.states[start:end], dtype=np.float32), "labels": int(self.labels[index])}
 
 
 class CachedStatesCollator:
