@@ -43,24 +43,7 @@ VIT_SMALL = SHARED / "models" / "vit-small-patch14-dinov2"
 # hardware header
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+from poolft.run_info import cpu_flags, cpu_model  # noqa: E402  (one definition, shared with poolft)
 
 
 def bf16_flags() -> str:

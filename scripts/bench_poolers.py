@@ -51,6 +51,7 @@ from poolft import available_poolers, build_pooler  # noqa: E402
 from poolft.modeling import build_encoder  # noqa: E402
 from poolft.pooling.base import POOLERS  # noqa: E402
 from poolft.pooling.window import WindowPooler  # noqa: E402
+from poolft.run_info import cpu_model  # noqa: E402
 
 GOAL = 0.02  # each head <= 2% of the backbone's training step
 WINDOW_LEVELS = (1, 2, 4)
@@ -297,17 +298,6 @@ def bench_window_vs_naive(args: argparse.Namespace, device: torch.device) -> Non
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def print_hardware(device: torch.device, args: argparse.Namespace) -> None:

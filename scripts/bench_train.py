@@ -443,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  workdir:      {workdir}\n")
     jobs: dict[str, common.JobResult] = {}
-    precision = "bf16" if common.cpu_flags() & {"avx512_bf16", "amx_bf16"} else "no"  # poolft's auto
+    from poolft.train import resolve_mixed_precision
+
+    precision = resolve_mixed_precision("auto")
     if "poolft" in args.jobs:
         jobs["poolft"] = run_poolft(args, workdir)
         precision = jobs["poolft"].result.get("mixed_precision", precision)
