@@ -3,7 +3,9 @@ tokenizer or image processor, and build the model a run trains (a poolft head or
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import json
 import pickle
 from pathlib import Path
@@ -155,7 +157,9 @@ def checked_option(pooler: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[str]) -> PreTrainedModel:
+def build_model(
+    backbone: str, task: str, model: ModelConfig, label_names: list[str], image_size: int | None = None
+) -> PreTrainedModel:
     """The classifier a run trains: a poolft head on the backbone, or the stock HF head."""
     id2label = dict(enumerate(label_names))
     load_kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
@@ -165,7 +169,7 @@ def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[
     if model.stock_head:
         auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
         try:
-            return auto.from_pretrained(
+            stock = auto.from_pretrained(
                 backbone,
                 num_labels=len(label_names),
                 id2label=id2label,
@@ -173,6 +177,7 @@ def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[
                 ignore_mismatched_sizes=True,
                 **load_kwargs,
             )
+            return interpolate_positions_if_needed(stock, image_size)
         except (OSError, pickle.UnpicklingError) as error:
             raise _weights_error(backbone, error) from None
     cls = PoolftForSequenceClassification if task == "text" else PoolftForImageClassification
@@ -194,6 +199,15 @@ def build_model(backbone: str, task: str, model: ModelConfig, label_names: list[
         ) from None
     except (OSError, pickle.UnpicklingError) as error:  # a config.json without (readable) weights
         raise _weights_error(backbone, error) from None
+
+
+def interpolate_positions_if_needed(stock: PreTrainedModel, image_size: int | None) -> PreTrainedModel:
+    """Stock ViT heads refuse other image sizes unless asked to interpolate their position grid."""
+    native = getattr(stock.config, "image_size", None)
+    accepts = "interpolate_pos_encoding" in inspect.signature(stock.forward).parameters
+    if image_size and native and image_size != native and accepts:
+        stock.forward = functools.partial(stock.forward, interpolate_pos_encoding=True)
+    return stock
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")

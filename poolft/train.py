@@ -150,7 +150,7 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
             check_max_length(config.data, preprocessor, backbones.max_positions(backbone_config))
         train_set = encode_split(splits.train, preprocessor, splits.task, config.data, config.data.train_split)
         eval_set = encode_split(splits.eval, preprocessor, splits.task, config.data, config.data.eval_split)
-    model = backbones.build_model(backbone, splits.task, config.model, splits.label_names)
+    model = backbones.build_model(backbone, splits.task, config.model, splits.label_names, config.data.image_size)
     return RunInputs(
         model, preprocessor, train_set, eval_set, splits.label_names, splits.task, backbone, splits.description
     )

@@ -151,3 +151,22 @@ def test_quickstart_defaults_use_the_embedded_sample_and_offline_backbone(tmp_pa
     assert metrics["backbone"] == backbone
     assert metrics["train_size"] == 14000 and metrics["final"]["samples"] == 32
     assert metrics["label_names"] == ["negative", "positive"]
+
+
+def test_stock_image_head_trains_at_another_image_size(tmp_path, tiny_vit_dir):
+    """The stock ViT head (the recipes' reference row) interpolates its positions like poolft's heads."""
+    images = write_image_folder(tmp_path / "images", {"train": 4, "test": 2})
+    arguments = [
+        "train",
+        f"--data.path={images}",
+        "--data.eval_split=test",
+        "--data.image_size=35",
+        f"--model.backbone={tiny_vit_dir}",
+        "--model.stock_head=true",
+        f"--train.output_dir={tmp_path / 'run'}",
+        "--train.batch_size=4",
+        "--train.progress=false",
+    ]
+    assert main(arguments) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["final"]["samples"] == 4 and metrics["global_step"] == 2
