@@ -92,12 +92,21 @@ def budget_lines(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
         f"- Budget per run: {train['epochs']:g} epoch(s), batch {train['batch_size']}, "
         f"{train['scheduler']} schedule, mixed precision {first['mixed_precision']}"
         + (", frozen backbone (features cached once)" if train["feature_cache"] else ", whole model trained"),
-        f"- Rate searched: `{first.get('rate_key', 'none')}` on a {data.get('holdout_fraction') or 0.1:g} held-out "
-        "share of the training split (seed 0); the table reports only the chosen rate",
+        rate_line(first),
         f"- Hardware: {'; '.join(cpus)}",
         f"- poolft commit(s): {', '.join(commits)}",
     ]
     return lines
+
+
+def rate_line(run: dict[str, Any]) -> str:
+    """How the rate was chosen: a held-out search, or one fixed rate."""
+    if run.get("rate_search"):
+        return (
+            f"- Rate searched: `{run.get('rate_key')}` over {', '.join(sorted(run['rate_search']))} on a 10% held-out "
+            "share of the training split (seed 0); the table reports only the chosen rate"
+        )
+    return f"- Rate: one fixed `{run.get('rate_key', 'learning rate')}` (no search for this track)"
 
 
 def plot(runs_by_head: dict[str, list[dict[str, Any]]], title: str, path: Path) -> None:
