@@ -156,9 +156,14 @@ class Sweep:
         config.train.output_dir = str(output_dir)
         config.train.progress = False
         identity = run_hash(config)
-        if result.is_file() and json.loads(result.read_text()).get("run_hash") == identity:
-            self.report(f"poolft sweep: skip {result} (already done)")
-            return result
+        if result.is_file():
+            record = json.loads(result.read_text())
+            if record.get("run_hash") == identity:
+                if any(record.get(key) != value for key, value in extra.items()):
+                    # same run, but the rate search around it grew (e.g. a wider grid): record that
+                    write_json(result, {**record, **extra})
+                self.report(f"poolft sweep: skip {result} (already done)")
+                return result
         if (output_dir / "config.yaml").is_file():
             config.train.resume_from_checkpoint = "latest"
             if (output_dir / "metrics.json").is_file():  # finished, but its result was not written
