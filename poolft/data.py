@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from .config import DataConfig
@@ -36,6 +38,29 @@ class LabeledSplits:
     label_names: list[str]
     task: str  # "text" | "image"
     description: dict[str, Any]
+    # rate search: ``train`` and ``eval`` are rows of this one split (encode it once, then select)
+    holdout: HeldOutRows | None = None
+
+
+@dataclass
+class HeldOutRows:
+    """A training split divided into a training part and a held-out part, by row indices."""
+
+    source: Dataset
+    train_rows: list[int]
+    eval_rows: list[int]
+
+
+def hold_out(split: Dataset, fraction: float, seed: int = 0) -> HeldOutRows:
+    """A seeded share of ``split`` held out (the same rows as ``Dataset.train_test_split``)."""
+    order = np.random.default_rng(seed).permutation(len(split))
+    held = math.ceil(fraction * len(split))
+    if held == 0 or held == len(split):
+        raise PoolftError(
+            f"data.holdout_fraction={fraction} leaves no examples on one side of {len(split)}; choose a share "
+            "that keeps at least one example in each part"
+        )
+    return HeldOutRows(split, order[held:].tolist(), order[:held].tolist())
 
 
 def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits:
@@ -57,16 +82,20 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
             raise PoolftError(f"split {split_name!r} has no examples; point data.path at a non-empty dataset")
     if config.max_train_samples is not None and need_train:
         train = train.select(range(min(config.max_train_samples, len(train))))
-    if config.holdout_fraction is not None and need_train:
-        # rate search: hold out a seeded share of the run's training examples and evaluate on it
-        parts = train.train_test_split(test_size=config.holdout_fraction, seed=0, shuffle=True)
-        train, evaluation = parts["train"], parts["test"]
-        description["holdout_fraction"] = config.holdout_fraction
-    if config.max_eval_samples is not None:
-        evaluation = evaluation.select(range(min(config.max_eval_samples, len(evaluation))))
     label_names = label_names_of(train, config.label_column)
     train = encode_labels(train, config.label_column, label_names, config.train_split)
-    evaluation = encode_labels(evaluation, config.label_column, label_names, config.eval_split)
+    holdout = None
+    if config.holdout_fraction is not None and need_train:
+        # rate search: hold out a seeded share of the run's training examples and evaluate on it
+        holdout = hold_out(train, config.holdout_fraction)
+        if config.max_eval_samples is not None:
+            holdout.eval_rows = holdout.eval_rows[: config.max_eval_samples]
+        train, evaluation = train.select(holdout.train_rows), train.select(holdout.eval_rows)
+        description["holdout_fraction"] = config.holdout_fraction
+    else:
+        if config.max_eval_samples is not None:
+            evaluation = evaluation.select(range(min(config.max_eval_samples, len(evaluation))))
+        evaluation = encode_labels(evaluation, config.label_column, label_names, config.eval_split)
     for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
         check_no_missing_labels(split, config.label_column, split_name)
     if need_train:
@@ -74,7 +103,7 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
     description.update(
         train_split=config.train_split, eval_split=config.eval_split, train_size=len(train), eval_size=len(evaluation)
     )
-    return LabeledSplits(train, evaluation, label_names, task, description)
+    return LabeledSplits(train, evaluation, label_names, task, description, holdout)
 
 
 def _load_raw(config: DataConfig, need_train: bool) -> tuple[DatasetDict, dict[str, Any]]:

@@ -137,21 +137,29 @@ def build_cache(
 class CachedStates(torch.utils.data.Dataset):
     """Memory-mapped cached states: item ``i`` is ``{"states": (tokens_i, hidden), "labels": int}``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, rows: list[int] | None = None) -> None:
         self.folder = folder
         self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         self.states = np.load(folder / "states.npy", mmap_mode="r")
-        self.offsets = np.load(folder / "offsets.npy")
-        self.labels = np.load(folder / "labels.npy")
+        offsets = np.load(folder / "offsets.npy")
+        labels = np.load(folder / "labels.npy")
+        # a row view (rate search: training part / held-out part of one cached split)
+        self.row_ids = np.arange(len(labels)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.starts, self.ends = offsets[:-1][self.row_ids], offsets[1:][self.row_ids]
+        self.labels = labels[self.row_ids]
+
+    def rows(self, rows: list[int]) -> CachedStates:
+        """The same cache restricted to ``rows`` (indices into this view), in that order."""
+        return CachedStates(self.folder, self.row_ids[np.asarray(rows, dtype=np.int64)].tolist())
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def lengths(self) -> list[int]:
-        return np.diff(self.offsets).tolist()
+        return (self.ends - self.starts).tolist()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        start, end = self.offsets[index], self.offsets[index + 1]
+        start, end = self.starts[index], self.ends[index]
         # a copy: memory-mapped rows are read-only and torch wants writable arrays
         return {"states": np.array(self.states[start:end], dtype=np.float32), "labels": int(self.labels[index])}
 
@@ -195,20 +203,20 @@ class HeadOnCachedStates(nn.Module):
 
 def cached_loader_inputs(
     model: Any,
-    train_set: Dataset,
-    eval_set: Dataset,
+    splits: tuple[Dataset, ...],
     collator: Any,
     task: str,
-    lengths: tuple[list[int] | None, list[int] | None],
+    lengths: tuple[list[int] | None, ...],
     root: str | None,
     dtype: str,
     backbone: str,
     autocast_dtype: torch.dtype | None = None,
-) -> tuple[CachedStates, CachedStates]:
-    """Build (or reuse) the caches of both splits; returns the two memory-mapped datasets."""
+) -> list[CachedStates]:
+    """Build (or reuse) the cache of each split; returns one memory-mapped dataset per split."""
     digest = weights_digest(backbone)
-    folders = []
-    for split, split_lengths in ((train_set, lengths[0]), (eval_set, lengths[1])):
+    caches = []
+    for split, split_lengths in zip(splits, lengths, strict=True):
         folder = cache_folder(root, digest, split, dtype)
-        folders.append(build_cache(model, split, collator, task, split_lengths, folder, 64, dtype, autocast_dtype))
-    return CachedStates(folders[0]), CachedStates(folders[1])
+        build_cache(model, split, collator, task, split_lengths, folder, 64, dtype, autocast_dtype)
+        caches.append(CachedStates(folder))
+    return caches

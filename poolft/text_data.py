@@ -26,12 +26,15 @@ def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, config: D
 
     Empty or missing texts become empty strings (the tokenizer still emits [CLS] [SEP]).
     """
-    columns = [config.text_column] + ([config.text_pair_column] if config.text_pair_column else [])
+    text_column, pair_column, max_length = config.text_column, config.text_pair_column, config.max_length
+    columns = [text_column] + ([pair_column] if pair_column else [])
 
+    # the closure holds only what tokenizing needs, so its fingerprint (and datasets' cache, and the
+    # probe's feature cache) does not change with unrelated settings such as holdout_fraction
     def tokenize(batch: dict[str, list]) -> dict[str, Any]:
-        texts = [_as_text(t) for t in batch[config.text_column]]
-        pairs = [_as_text(t) for t in batch[config.text_pair_column]] if config.text_pair_column else None
-        encoded = tokenizer(texts, pairs, truncation=True, max_length=config.max_length)
+        texts = [_as_text(t) for t in batch[text_column]]
+        pairs = [_as_text(t) for t in batch[pair_column]] if pair_column else None
+        encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
         encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 

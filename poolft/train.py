@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import backbones
 from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import RunConfig, config_to_yaml
-from .data import load_splits
+from .data import HeldOutRows, load_splits
 from .errors import PoolftError
 from .fault_injection import maybe_fail
 from .feature_cache import CachedStatesCollator, HeadOnCachedStates, cached_loader_inputs
@@ -57,6 +57,8 @@ class RunInputs:
     # the probe track trains a head-only module on cached states; ``model`` is still what is saved
     trainable: Any = None
     cached: bool = False
+    # rate search: both splits are rows of one encoded training split (the probe caches it once)
+    holdout: HeldOutRows | None = None
 
     @property
     def module_to_train(self) -> Any:
@@ -148,11 +150,26 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
             from .text_data import check_max_length
 
             check_max_length(config.data, preprocessor, backbones.max_positions(backbone_config))
-        train_set = encode_split(splits.train, preprocessor, splits.task, config.data, config.data.train_split)
-        eval_set = encode_split(splits.eval, preprocessor, splits.task, config.data, config.data.eval_split)
+        holdout = splits.holdout
+        if holdout is not None:
+            # encode the whole training split once (shared with the full-split runs), then select rows
+            encoded = encode_split(holdout.source, preprocessor, splits.task, config.data, config.data.train_split)
+            holdout = HeldOutRows(encoded, holdout.train_rows, holdout.eval_rows)
+            train_set, eval_set = encoded.select(holdout.train_rows), encoded.select(holdout.eval_rows)
+        else:
+            train_set = encode_split(splits.train, preprocessor, splits.task, config.data, config.data.train_split)
+            eval_set = encode_split(splits.eval, preprocessor, splits.task, config.data, config.data.eval_split)
     model = backbones.build_model(backbone, splits.task, config.model, splits.label_names, config.data.image_size)
     return RunInputs(
-        model, preprocessor, train_set, eval_set, splits.label_names, splits.task, backbone, splits.description
+        model,
+        preprocessor,
+        train_set,
+        eval_set,
+        splits.label_names,
+        splits.task,
+        backbone,
+        splits.description,
+        holdout=holdout,
     )
 
 
@@ -176,15 +193,16 @@ def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Acceler
     if config.data.augment:
         raise PoolftError("data.augment cannot be used with train.feature_cache (states are computed once)")
     collator = make_collator(inputs.preprocessor, inputs.task)
-    lengths = (example_lengths(inputs.train_set, inputs.task), example_lengths(inputs.eval_set, inputs.task))
     precision = resolve_mixed_precision(config.train.mixed_precision)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     inputs.model.to(accelerator.device)
+    # rate search: one cache for the whole training split (the full-split runs reuse it), viewed by rows
+    splits = (inputs.holdout.source,) if inputs.holdout is not None else (inputs.train_set, inputs.eval_set)
+    lengths = tuple(example_lengths(split, inputs.task) for split in splits)
     with accelerator.main_process_first():
-        train_states, eval_states = cached_loader_inputs(
+        caches = cached_loader_inputs(
             inputs.model,
-            inputs.train_set,
-            inputs.eval_set,
+            splits,
             collator,
             inputs.task,
             lengths,
@@ -193,6 +211,11 @@ def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Acceler
             inputs.backbone,
             autocast_dtype,
         )
+    if inputs.holdout is not None:
+        train_states = caches[0].rows(inputs.holdout.train_rows)
+        eval_states = caches[0].rows(inputs.holdout.eval_rows)
+    else:
+        train_states, eval_states = caches
     inputs.train_set, inputs.eval_set = train_states, eval_states
     inputs.trainable = HeadOnCachedStates(inputs.model, train_states.meta)
     inputs.cached = True

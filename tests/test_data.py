@@ -463,3 +463,15 @@ def test_training_split_with_one_present_class_is_an_error(tmp_path):
     Dataset.from_dict({"text": ["c"], "label": [0]}, features=features).to_parquet(tmp_path / "validation.parquet")
     with pytest.raises(PoolftError, match=r"only one label \('pos'\)"):
         load_splits(DataConfig(path=str(tmp_path), text_column="text"))
+
+
+def test_held_out_rows_match_datasets_train_test_split():
+    from datasets import Dataset
+
+    from poolft.data import hold_out
+
+    split = Dataset.from_dict({"x": list(range(1003))})
+    reference = split.train_test_split(test_size=0.1, seed=0, shuffle=True)
+    rows = hold_out(split, 0.1)
+    assert rows.eval_rows == reference["test"]["x"] and rows.train_rows == reference["train"]["x"]
+    assert sorted(rows.train_rows + rows.eval_rows) == list(range(1003))

@@ -91,6 +91,38 @@ def test_sweep_runs_grid_with_rate_search_then_skips_and_resumes(tmp_path, tiny_
     assert calls == [str(runs / "tiny" / "probe" / "mean-seed1")]  # only the missing run
 
 
+def test_widened_rate_grid_reuses_finished_runs_and_records_the_new_search(tmp_path, tiny_bert_dir, monkeypatch):
+    config = recipe(tmp_path, tiny_bert_dir, probe=True)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+
+    def sweep(rates):
+        common = ["--poolers", "mean", "--seeds", "0", "--results", str(results), "--runs", str(runs)]
+        return main(["sweep", "--config", config, "--rates", rates, *common])
+
+    calls = count_trainings(monkeypatch)
+    assert sweep("1e-3,1e-2") == 0
+    first = json.loads((results / "tiny" / "probe" / "mean-seed0.json").read_text())
+    calls.clear()
+    assert sweep("1e-3,1e-2,1e-1") == 0
+    new_search = [c for c in calls if "rate-search" in c]
+    assert new_search == [str(runs / "tiny" / "probe" / "rate-search" / "mean-rate0.1")]  # only the new rate
+    record = json.loads((results / "tiny" / "probe" / "mean-seed0.json").read_text())
+    assert set(record["rate_search"]) == {"0.001", "0.01", "0.1"}
+    assert record["rate_search"]["0.001"] == first["rate_search"]["0.001"]
+
+
+def test_rate_search_caches_the_training_split_once_for_search_and_seeds(tmp_path, tiny_bert_dir):
+    config = recipe(tmp_path, tiny_bert_dir, probe=True)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    common = ["--poolers", "mean,max", "--seeds", "0", "--results", str(results), "--runs", str(runs)]
+    assert main(["sweep", "--config", config, "--rates", "1e-3,1e-2", *common]) == 0
+    # one backbone pass over the training split (search parts are row views of it) + the eval split
+    folders = [p for p in (tmp_path / "cache").iterdir() if (p / "meta.json").is_file()]
+    assert sorted(json.loads((p / "meta.json").read_text())["examples"] for p in folders) == [32, 96]
+    search = json.loads((results / "tiny" / "probe" / "rate-search" / "mean-rate0.001.json").read_text())
+    assert search["train_size"] == 86 and search["eval_size"] == 10  # 10% of 96 held out
+
+
 def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_bert_dir, monkeypatch):
     config = recipe(tmp_path, tiny_bert_dir, probe=False)
     results, runs = tmp_path / "results", tmp_path / "runs"
@@ -125,13 +157,15 @@ def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_bert_dir, monkeypatch):
     assert steps[:5] == [1, 2, 3, 4, 5] and steps[5:] == [5, 6, 7, 8, 9, 10, 11, 12]  # resumed after step 4
 
 
-def test_head_trained_on_cache_equals_head_trained_with_frozen_backbone(tmp_path, tiny_bert_dir):
+@pytest.mark.parametrize("holdout", [None, 0.25], ids=["full-split", "held-out-rows"])
+def test_head_trained_on_cache_equals_head_trained_with_frozen_backbone(tmp_path, tiny_bert_dir, holdout):
     config_path = recipe(tmp_path, tiny_bert_dir, probe=True)
     weights = {}
     for cached in (True, False):
         config = load_config(
             config_path,
             [
+                *([f"--data.holdout_fraction={holdout}"] if holdout else []),
                 f"--train.output_dir={tmp_path / str(cached)}",
                 "--train.epochs=2",
                 "--model.pooler=attention",
