@@ -99,7 +99,7 @@ class TrainConfig:
     trackers: list[str] = field(default_factory=list)
     nonfinite_loss: str = "stop"  # stop | skip
     progress: bool = True
-    torch_threads: int | None = None
+    torch_threads: int | None = None  # threads for the training loop (a probe cache is built with all cores)
 
 
 @dataclass

@@ -320,9 +320,15 @@ class StepLog:
 
 def train(config: RunConfig) -> dict[str, Any]:
     """Run one training job; returns the metrics written to ``metrics.json``."""
+    threads = torch.get_num_threads()
+    try:
+        return run_training(config)
+    finally:
+        torch.set_num_threads(threads)  # train.torch_threads is this run's setting, not the process's
+
+
+def run_training(config: RunConfig) -> dict[str, Any]:
     started = time.perf_counter()
-    if config.train.torch_threads:
-        torch.set_num_threads(config.train.torch_threads)
     accelerator = build_accelerator(config)
     if config.train.output_dir is None:
         config.train.output_dir = shared_on_main(accelerator, lambda: default_output_dir(config))
@@ -334,7 +340,9 @@ def train(config: RunConfig) -> dict[str, Any]:
     if config.train.freeze_backbone:
         freeze_backbone(inputs.model)
     if config.train.feature_cache:
-        use_feature_cache(config, inputs, accelerator)
+        use_feature_cache(config, inputs, accelerator)  # the backbone pass uses every core
+    if config.train.torch_threads:
+        torch.set_num_threads(config.train.torch_threads)
     model = inputs.module_to_train
     train_loader, eval_loader, train_sampler = make_loaders(config, inputs)
     steps_per_epoch = math.ceil(len(train_loader) / config.train.gradient_accumulation_steps)
