@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import PoolftError
 from .image_data import processor_size, to_rgb
 from .saved_models import load_saved_classifier
+from .text_data import TextCollator
 
 
 class Classifier:
@@ -26,13 +27,22 @@ class Classifier:
             kind = "image files (--image)" if self.task == "image" else "texts"
             article = "an" if self.task == "image" else "a"
             raise PoolftError(f"this is {article} {self.task} model; pass {kind}")
-        order = list(range(len(inputs)))
-        if self.task == "text":  # similar lengths per batch waste less compute on padding
-            order.sort(key=lambda i: len(inputs[i]))
+        if self.task == "text":
+            # tokenize everything once, then batch by token count: similar lengths per batch waste
+            # the least compute on padding (sorting by characters leaves ~20% more padded tokens)
+            examples = self.tokenize(inputs)
+            order = sorted(range(len(inputs)), key=lambda i: len(examples[i]["input_ids"]))
+            collate = TextCollator(self.preprocessor)
+        else:
+            order = list(range(len(inputs)))
         results: list[tuple[str, float]] = [("", 0.0)] * len(inputs)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            logits = self.model(**self.encode([inputs[i] for i in chunk])).logits
+            if self.task == "text":
+                batch = collate([examples[i] for i in chunk])
+            else:
+                batch = self.encode_images([inputs[i] for i in chunk])
+            logits = self.model(**batch).logits
             probabilities = logits.float().softmax(dim=-1)
             best = probabilities.max(dim=-1)
             for row, index in enumerate(chunk):
@@ -40,9 +50,13 @@ class Classifier:
                 results[index] = (label, float(best.values[row]))
         return results
 
-    def encode(self, items: list[Any]) -> dict[str, torch.Tensor]:
-        if self.task == "text":
-            return dict(self.preprocessor(items, padding=True, truncation=True, return_tensors="pt"))
+    def tokenize(self, texts: list[str]) -> list[dict[str, list[int]]]:
+        """One tokenizer call for all texts; per text its unpadded ``input_ids`` (+ mask, type ids)."""
+        encoded = self.preprocessor(list(texts), truncation=True)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        return [{key: encoded[key][row] for key in keys} for row in range(len(texts))]
+
+    def encode_images(self, items: list[str]) -> dict[str, torch.Tensor]:
         height, width = processor_size(self.preprocessor, None)
         pixel_values = self.preprocessor(
             [to_rgb(open_image(path)) for path in items], size={"height": height, "width": width}, return_tensors="np"
