@@ -397,6 +397,49 @@ def print_results(args: argparse.Namespace, jobs: dict[str, common.JobResult], p
     )
 
 
+def image_preprocessing_share(args: argparse.Namespace, jobs: dict[str, common.JobResult]) -> None:
+    """Per-batch preprocessing of each image path, timed here, as a share of that job's training step.
+
+    poolft: its collator on ``batch_size`` cached uint8 images (rescale + normalise); its one-time
+    decode + resize of the training images is reported separately. Trainer: the ``set_transform`` +
+    collate its DataLoader runs per batch (decode, RGB, resize, rescale, normalise).
+    """
+    import datasets
+
+    from poolft.config import DataConfig
+    from poolft.image_data import ImageCollator, cache_pixels
+
+    datasets.disable_progress_bars()
+    _, processor, train_set, _, collate = image_inputs(args)
+    processor.size = {"height": args.image_size, "width": args.image_size}
+    n = min(args.batch_size, len(train_set))
+    raw = datasets.load_dataset("parquet", data_files={"train": str(common.FASHION_MNIST / "train.parquet")})["train"]
+    raw = raw.select(range(min(args.train_samples, len(raw)))).rename_column("label", "labels")
+    started = time.perf_counter()
+    cached = cache_pixels(raw, processor, DataConfig(image_size=args.image_size), "train")
+    decode_seconds = time.perf_counter() - started
+    poolft_collate = ImageCollator(processor)
+    batch = [cached[i] for i in range(n)]
+    poolft_ms = 1000 * common.median_seconds(lambda: poolft_collate(batch), repeats=20)[0]
+    trainer_ms = 1000 * common.median_seconds(lambda: collate([train_set[i] for i in range(n)]), repeats=20)[0]
+    print(f"\n  preprocessing per batch of {n} images at {args.image_size} px (median of 20, timed in this process):")
+    for name, label, milliseconds in (
+        ("poolft", "poolft collator", poolft_ms),
+        ("trainer", "Trainer transform", trainer_ms),
+    ):
+        speed = jobs.get(name).result.get("train_samples_per_second") if jobs.get(name) else None
+        step_ms = 1000 * n / speed if speed else None
+        share = f"{milliseconds / step_ms:.1%} of its {step_ms:.0f} ms step" if step_ms else "step time unknown"
+        print(f"    {label:18s} {milliseconds:7.1f} ms  ({share})")
+    poolft = jobs.get("poolft")
+    train_seconds = poolft.result.get("train_seconds") if poolft else None
+    share = f" = {decode_seconds / train_seconds:.1%} of poolft's training time" if train_seconds else ""
+    print(
+        f"    poolft's one-time decode + resize of {len(raw)} training images: {decode_seconds:.1f} s{share} "
+        "(later epochs reuse it)"
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: 64 examples, 64 evaluation examples")
@@ -456,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             jobs[name] = run_trainer(args, workdir, name, bf16=precision == "bf16")
     print_results(args, jobs, precision)
+    if args.image:
+        image_preprocessing_share(args, jobs)
     if args.workdir is None:
         shutil.rmtree(workdir.parent, ignore_errors=True)
     common.print_footer(started)
