@@ -102,9 +102,12 @@ def budget_lines(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
 def rate_line(run: dict[str, Any]) -> str:
     """How the rate was chosen: a held-out search, or one fixed rate."""
     if run.get("rate_search"):
+        grid = ", ".join(sorted(run["rate_search"], key=float))
+        share = run.get("rate_search_holdout")
+        held_out = f"a {share:.0%} held-out share" if share else "a held-out share"
         return (
-            f"- Rate searched: `{run.get('rate_key')}` over {', '.join(sorted(run['rate_search']))} on a 10% held-out "
-            "share of the training split (seed 0); the table reports only the chosen rate"
+            f"- Rate searched: `{run.get('rate_key')}` over {grid} on {held_out} of the training split (seed 0); "
+            "the table reports only the chosen rate"
         )
     return f"- Rate: one fixed `{run.get('rate_key', 'learning rate')}` (no search for this track)"
 

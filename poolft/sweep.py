@@ -144,7 +144,12 @@ class Sweep:
             self.runs / f"{head}-seed{seed}",
             head,
             seed,
-            {"rate": rate, "rate_key": self.rate_key, "rate_search": search},
+            {
+                "rate": rate,
+                "rate_key": self.rate_key,
+                "rate_search": search,
+                "rate_search_holdout": self.holdout if search else None,
+            },
         )
 
     def run_once(

@@ -192,6 +192,8 @@ def fixture_result(task, track, head, seed, accuracy):
         "seed": seed,
         "rate": 1e-3,
         "rate_key": "train.learning_rate",
+        "rate_search": {"0.001": 0.8, "0.0003": 0.7, "1e-05": 0.6},
+        "rate_search_holdout": 0.1,
         "final": {"accuracy": accuracy, "macro_f1": accuracy - 0.01},
         "train_samples_per_second": 100.0 + seed,
         "wall_seconds": 60.0,
@@ -231,6 +233,7 @@ def test_report_tables_from_fixture_files(tmp_path):
     assert rows["| mean"].startswith("| mean | 85.00 ± 1.00 | 84.00 | 3 | +4.00 |")
     assert rows["| cls"].startswith("| cls | 79.00 | 78.00 | 1 | -2.00 |")  # one seed: no std
     assert list(rows) == ["| head", "| stock", "| cls", "| mean"]
+    assert "over 1e-05, 0.0003, 0.001 on a 10% held-out share of the training split" in text
     assert (tmp_path / "recipes" / "plots" / "sst2-finetune.png").stat().st_size > 1000
     refreshed = readme.read_text()
     assert refreshed.startswith("intro\n") and refreshed.endswith("outro\n") and "old" not in refreshed
