@@ -8,10 +8,12 @@
 #   OUT=path.md scripts/bench_all.sh      write somewhere else
 #   THREADS=1 scripts/bench_all.sh        pass --threads 1 to every benchmark (a busy, shared machine)
 #   IMAGE_ARGS="--train-samples 1000 --image-size 56" scripts/bench_all.sh   smaller image jobs
+#   PROBE_ARGS="--train-samples 8000" scripts/bench_all.sh   a cheaper probe benchmark (default: full split)
 #   PYTHON=.venv/bin/python scripts/bench_all.sh
 #
 # Benchmarks: bench_poolers.py, bench_train.py (text and --image), bench_precision.py (text and
-# --image), bench_mfu.py (on bench_train's poolft text run), bench_inference.py. A failing
+# --image), bench_mfu.py (on bench_train's poolft text run), bench_inference.py,
+# bench_probe_sweep.py (the SST-2 probe recipe, cached sweep vs uncached runs). A failing
 # benchmark is reported in the file and the others still run; the exit status is 1 if any failed.
 # Run it on an idle machine: every header prints the load average.
 
@@ -80,6 +82,10 @@ run_section mfu "Model FLOPs utilisation (bench_mfu.py)" \
     "$PYTHON" scripts/bench_mfu.py "${FLAGS[@]}" "${MFU_RUN[@]}"
 run_section inference "Inference: poolft predict / eval vs transformers.pipeline (bench_inference.py)" \
     "$PYTHON" scripts/bench_inference.py "${FLAGS[@]}"
+PROBE_FLAGS=()
+[[ $MODE == quick ]] && PROBE_FLAGS=(--quick)  # no --threads: its uncached runs give the backbone every core
+run_section probe "Probe track: cached five-head sweep vs uncached runs (bench_probe_sweep.py)" \
+    "$PYTHON" scripts/bench_probe_sweep.py "${PROBE_FLAGS[@]}" ${PROBE_ARGS:-}
 
 # ------------------------------------------------------------------------------------------------
 # the report
