@@ -24,6 +24,30 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in files]
 
 
+def load_search_runs(results_dir: Path) -> list[dict[str, Any]]:
+    """The rate-search runs (only their cost is reported: their accuracy is on held-out training data)."""
+    files = sorted(p for p in results_dir.rglob("*.json") if "rate-search" in p.parts)
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in files]
+    return [r for r in records if "task" in r and "wall_seconds" in r]
+
+
+def cost_line(runs_by_head: dict[str, list[dict[str, Any]]], search_runs: list[dict[str, Any]]) -> str:
+    """How many runs the track took and their summed wall time."""
+    seeds = [r for runs in runs_by_head.values() for r in runs]
+    every = seeds + search_runs
+    total = sum(r["wall_seconds"] for r in every)
+    slowest = max(r["wall_seconds"] for r in every)
+    return (
+        f"- Sweep cost: {len(seeds)} seed runs + {len(search_runs)} rate-search runs, {total / 60:.1f} min of run "
+        f"wall time in total; the slowest run {slowest:.0f} s"
+        + (
+            " (the first run computes the cached backbone states)"
+            if seeds[0]["hyperparameters"]["train"].get("feature_cache")
+            else ""
+        )
+    )
+
+
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
@@ -148,7 +172,12 @@ def plot(runs_by_head: dict[str, list[dict[str, Any]]], title: str, path: Path) 
     plt.close(figure)
 
 
-def render(results: list[dict[str, Any]], plots_dir: Path | None, plots_link: str = "plots") -> str:
+def render(
+    results: list[dict[str, Any]],
+    plots_dir: Path | None,
+    plots_link: str = "plots",
+    search_runs: list[dict[str, Any]] | None = None,
+) -> str:
     """The recipes README as text (plots are written when ``plots_dir`` is given)."""
     lines = [
         "# Recipes: what each pooling head scores",
@@ -165,7 +194,8 @@ def render(results: list[dict[str, Any]], plots_dir: Path | None, plots_link: st
     for task, track in sorted(groups, key=lambda k: (k[0], TRACK_ORDER.index(k[1]) if k[1] in TRACK_ORDER else 9)):
         runs_by_head = groups[(task, track)]
         lines += [f"## {task} — {track}", ""]
-        lines += budget_lines(runs_by_head) + [""]
+        searches = [r for r in search_runs or [] if (r["task"], r["track"]) == (task, track)]
+        lines += budget_lines(runs_by_head) + [cost_line(runs_by_head, searches), ""]
         lines += task_table(runs_by_head) + [""]
         name = f"{task}-{track}.png"
         if plots_dir is not None:
@@ -186,7 +216,7 @@ def headline(results: list[dict[str, Any]]) -> str:
 def write_report(results_dir: Path, output: Path, readme: Path | None = None) -> str:
     """Write ``output`` (+ plots beside it); optionally refresh the marked block of ``readme``."""
     results = load_results(results_dir)
-    text = render(results, output.parent / "plots")
+    text = render(results, output.parent / "plots", search_runs=load_search_runs(results_dir))
     output.write_text(text, encoding="utf-8")
     if readme is not None and readme.is_file():
         content = readme.read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import poolft.train
 from poolft.cli import main
 from poolft.config import load_config
-from poolft.report import END, START, load_results, render, write_report
+from poolft.report import END, START, load_results, load_search_runs, render, write_report
 
 
 def recipe(tmp_path, backbone, *, probe: bool) -> str:
@@ -224,7 +224,8 @@ def test_report_tables_from_fixture_files(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(fixture_result("sst2", "finetune", head, seed, accuracy)))
     (results / "sst2" / "finetune" / "rate-search").mkdir()
-    (results / "sst2" / "finetune" / "rate-search" / "mean-rate0.01.json").write_text("{}")  # ignored
+    search = fixture_result("sst2", "finetune", "mean", 0, 0.5)  # counted in the cost, not in the table
+    (results / "sst2" / "finetune" / "rate-search" / "mean-rate0.01.json").write_text(json.dumps(search))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
     text = write_report(results, tmp_path / "recipes" / "README.md", readme)
@@ -234,11 +235,13 @@ def test_report_tables_from_fixture_files(tmp_path):
     assert rows["| cls"].startswith("| cls | 79.00 | 78.00 | 1 | -2.00 |")  # one seed: no std
     assert list(rows) == ["| head", "| stock", "| cls", "| mean"]
     assert "over 1e-05, 0.0003, 0.001 on a 10% held-out share of the training split" in text
+    assert "- Sweep cost: 7 seed runs + 1 rate-search runs, 8.0 min of run wall time in total" in text
     assert (tmp_path / "recipes" / "plots" / "sst2-finetune.png").stat().st_size > 1000
     refreshed = readme.read_text()
     assert refreshed.startswith("intro\n") and refreshed.endswith("outro\n") and "old" not in refreshed
     assert "| mean | 85.00 ± 1.00" in refreshed
-    assert render(load_results(results), None) == text  # the same files give the same bytes
+    again = render(load_results(results), None, search_runs=load_search_runs(results))
+    assert again == text  # the same files give the same bytes
 
 
 @pytest.mark.parametrize("track", ["finetune", "probe"])
@@ -249,7 +252,7 @@ def test_committed_recipes_readme_matches_results(track):
     root = Path(__file__).resolve().parent.parent
     results = load_results(root / "recipes" / "results")
     committed = (root / "recipes" / "README.md").read_text(encoding="utf-8")
-    assert render(results, None) == committed
+    assert render(results, None, search_runs=load_search_runs(root / "recipes" / "results")) == committed
     tracks = {r["track"] for r in results}
     if track in tracks:  # every head of a recorded track has at least 3 seeds
         heads = {}
