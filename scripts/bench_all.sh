@@ -36,6 +36,10 @@ if [[ -n "${THREADS:-}" ]]; then
     FLAGS+=(--threads "$THREADS")
 fi
 
+# what is benchmarked, taken before anything is written (the report itself is a tracked file)
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (with local changes)')"
+COMMAND="$( [[ $MODE == quick ]] && echo 'QUICK=1 ')$( [[ -n "${THREADS:-}" ]] && echo "THREADS=$THREADS ")$( [[ -n "${IMAGE_ARGS:-}" ]] && echo "IMAGE_ARGS=\"$IMAGE_ARGS\" ")$( [[ -n "${PROBE_ARGS:-}" ]] && echo "PROBE_ARGS=\"$PROBE_ARGS\" ")scripts/bench_all.sh"
+
 WORK=$(mktemp -d -t poolft-bench-all-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 SECTIONS=()
@@ -98,8 +102,8 @@ run_section probe "Probe track: cached five-head sweep vs uncached runs (bench_p
     fi
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- mode: $MODE; total $(( $(date +%s) - STARTED )) s"
-    echo "- poolft commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (with local changes)')"
-    echo "- command: \`$( [[ $MODE == quick ]] && echo 'QUICK=1 ')$( [[ -n "${THREADS:-}" ]] && echo "THREADS=$THREADS ")scripts/bench_all.sh\`"
+    echo "- poolft commit: $COMMIT"
+    echo "- command: \`$COMMAND\`"
     echo "- failed: ${FAILED[*]:-none}"
     echo
     echo "## Hardware"
