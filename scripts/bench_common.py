@@ -226,6 +226,25 @@ def poolft_train_command(
     return command + list(extra)
 
 
+def poolft_train_command_for(args: Any, output_dir: Path, mixed_precision: str) -> list[str]:
+    """``poolft_train_command`` from a benchmark's parsed arguments (the options every benchmark shares)."""
+    extra = ["--train.torch_threads", str(args.threads)] if args.threads else []
+    return poolft_train_command(
+        output_dir,
+        image=args.image,
+        train_samples=args.train_samples,
+        eval_samples=args.eval_samples,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        epochs=args.epochs,
+        max_length=args.max_length,
+        image_size=args.image_size,
+        mixed_precision=mixed_precision,
+        max_steps=args.max_steps,
+        extra=extra,
+    )
+
+
 def read_poolft_metrics(output_dir: Path) -> dict[str, Any]:
     path = output_dir / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}

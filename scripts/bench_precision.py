@@ -36,21 +36,7 @@ PRECISIONS = ("no", "bf16")
 
 def run(args: argparse.Namespace, workdir: Path, precision: str) -> common.JobResult:
     out = workdir / f"poolft-{precision}"
-    extra = ["--train.torch_threads", str(args.threads)] if args.threads else []
-    command = common.poolft_train_command(
-        out,
-        image=args.image,
-        train_samples=args.train_samples,
-        eval_samples=args.eval_samples,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        epochs=args.epochs,
-        max_length=args.max_length,
-        image_size=args.image_size,
-        mixed_precision=precision,
-        max_steps=args.max_steps,
-        extra=extra,
-    )
+    command = common.poolft_train_command_for(args, out, precision)
     job = common.run_job(
         f"poolft {precision}",
         command,

@@ -239,21 +239,7 @@ def image_inputs(args: argparse.Namespace):
 
 def run_poolft(args: argparse.Namespace, workdir: Path, mixed_precision: str = "auto") -> common.JobResult:
     out = workdir / "poolft"
-    extra = ["--train.torch_threads", str(args.threads)] if args.threads else []
-    command = common.poolft_train_command(
-        out,
-        image=args.image,
-        train_samples=args.train_samples,
-        eval_samples=args.eval_samples,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        epochs=args.epochs,
-        max_length=args.max_length,
-        image_size=args.image_size,
-        mixed_precision=mixed_precision,
-        max_steps=args.max_steps,
-        extra=extra,
-    )
+    command = common.poolft_train_command_for(args, out, mixed_precision)
     job = common.run_job(
         "poolft", command, workdir / "logs" / "poolft.log", env=common.fresh_datasets_cache(workdir, "poolft")
     )
