@@ -100,6 +100,7 @@ class TrainConfig:
     nonfinite_loss: str = "stop"  # stop | skip
     progress: bool = True
     torch_threads: int | None = None  # threads for the training loop (a probe cache is built with all cores)
+    cpu_dropout: bool = True  # on CPU, dropout masks from 16-bit uniforms (poolft/cpu_dropout.py): same p, faster
 
 
 @dataclass

@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 
 from . import backbones
 from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .clipping import clipped_optimizer_step
 from .config import RunConfig, config_to_yaml
+from .cpu_dropout import use_cpu_dropout
 from .data import HeldOutRows, load_splits
 from .errors import PoolftError
 from .fault_injection import maybe_fail
@@ -339,6 +341,8 @@ def run_training(config: RunConfig) -> dict[str, Any]:
         write_atomically(output_dir / CONFIG_FILE, config_to_yaml(config))
     if config.train.freeze_backbone:
         freeze_backbone(inputs.model)
+    if config.train.cpu_dropout:  # before a probe head is split off the model, so it shares the layers
+        use_cpu_dropout(inputs.model)
     if config.train.feature_cache:
         use_feature_cache(config, inputs, accelerator)  # the backbone pass uses every core
     if config.train.torch_threads:
@@ -388,9 +392,10 @@ def run_training(config: RunConfig) -> dict[str, Any]:
                     accelerator.backward(loss)
                 maybe_fail("step", state.global_step + 1)
                 grad_norm = None
-                if accelerator.sync_gradients and finite and config.train.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
-                if finite:
+                if finite and accelerator.sync_gradients and config.train.max_grad_norm > 0:
+                    grad_norm = clipped_optimizer_step(accelerator, model, optimizer, config.train.max_grad_norm)
+                    scheduler.step()
+                elif finite:
                     optimizer.step()
                     scheduler.step()
                 optimizer.zero_grad()

@@ -5,9 +5,11 @@
    is a measured peak, not the datasheet's: MFU below is relative to what this CPU's matmul
    reaches, in the same dtype.
 2. Training step at sequence length 128: poolft's MiniLM-L6 model (mean pooler) on a synthetic
-   batch of ``--batch`` x ``--seq-len`` real tokens (no padding), the loop poolft runs
-   (``model(**batch).loss.backward()``, clip, poolft's AdamW step), in float32 and under bf16
-   autocast; forward, backward and optimiser step timed separately, median over ``--steps``.
+   batch of ``--batch`` x ``--seq-len`` real tokens (no padding), the step poolft train runs
+   (its CPU dropout, ``model(**batch).loss.backward()``, clipping folded into poolft's fused AdamW
+   step), in float32 and under bf16 autocast, and for comparison the same model with torch's
+   dropout and ``clip_grad_norm_`` + ``step()`` (what the Trainer runs); forward, backward and
+   clip + optimiser step timed separately, median over ``--steps``.
    Training FLOPs per sequence of length s: s x (6 x non-embedding parameters + 12 x layers x
    hidden x s) (matmuls forward + backward, plus the attention scores and weighted sum).
    MFU = FLOPs per step / step time / same-dtype peak. The optimiser step is also timed with
@@ -55,17 +57,28 @@ def matmul_peak(size: int, dtype: torch.dtype, repeats: int) -> tuple[float, flo
     return 2.0 * size**3 / seconds, seconds
 
 
-def build_model():
+def build_model(poolft_kernels: bool = True):
+    """MiniLM-L6 + mean pooler in training mode; with ``poolft_kernels`` the CPU dropout ``poolft train`` uses."""
     from poolft import PoolftForSequenceClassification
     from poolft.backbones import default_text_backbone
+    from poolft.cpu_dropout import use_cpu_dropout
 
     torch.manual_seed(0)
     model = PoolftForSequenceClassification.from_backbone(default_text_backbone(), pooler="mean", num_labels=2)
+    if poolft_kernels:
+        use_cpu_dropout(model)
     return model.train()
 
 
-def time_training_steps(model, batch: dict[str, torch.Tensor], bf16: bool, steps: int, warmup: int, optimizer):
+def time_training_steps(
+    model, batch: dict[str, torch.Tensor], bf16: bool, steps: int, warmup: int, optimizer, poolft_kernels: bool
+):
     """Median seconds of forward, backward, clip+optimiser step and the whole step."""
+    from accelerate import Accelerator
+
+    from poolft.clipping import clipped_optimizer_step
+
+    accelerator = Accelerator(cpu=True)
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "step": []}
     for index in range(warmup + steps):
         t0 = time.perf_counter()
@@ -74,8 +87,11 @@ def time_training_steps(model, batch: dict[str, torch.Tensor], bf16: bool, steps
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        if poolft_kernels:
+            clipped_optimizer_step(accelerator, model, optimizer, 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
         optimizer.zero_grad()
         t3 = time.perf_counter()
         if index >= warmup:
@@ -116,13 +132,22 @@ def synthetic_mfu(args: argparse.Namespace, peaks: dict[str, float]) -> None:
         f"{flops / 1e9:.1f} GFLOP per step (6N + attention), median of {args.steps} steps after {args.warmup}"
     )
     optimizer = build_optimizer(model, TrainConfig())
+    stock_model = build_model(poolft_kernels=False)
+    stock_optimizer = build_optimizer(stock_model, TrainConfig())
     rows = []
-    for name in ("fp32", "bf16"):
-        t = time_training_steps(model, batch, name == "bf16", args.steps, args.warmup, optimizer)
+    runs = [
+        ("fp32", "fp32", model, optimizer, True),
+        ("fp32, torch dropout + clip_grad_norm_", "fp32", stock_model, stock_optimizer, False),
+        ("bf16", "bf16", model, optimizer, True),
+    ]
+    for label, name, run_model, run_optimizer, poolft_kernels in runs:
+        t = time_training_steps(
+            run_model, batch, name == "bf16", args.steps, args.warmup, run_optimizer, poolft_kernels
+        )
         achieved = flops / t["step"]
         rows.append(
             [
-                name,
+                label,
                 f"{t['step'] * 1e3:.0f}",
                 f"{t['forward'] * 1e3:.0f}",
                 f"{t['backward'] * 1e3:.0f}",
@@ -153,7 +178,8 @@ def synthetic_mfu(args: argparse.Namespace, peaks: dict[str, float]) -> None:
     )
     print(
         "  MFU: achieved / the same dtype's matmul peak; 'MFU fwd+bwd' leaves out clip + optimiser; 'vs fp32 peak' "
-        "compares with the float32 peak (where bf16 matmuls are slower than float32 ones, bf16's MFU flatters it)"
+        "compares with the float32 peak (where bf16 matmuls are slower than float32 ones, bf16's MFU flatters it); "
+        "'torch dropout + clip_grad_norm_' is the same step without poolft's CPU dropout and folded clipping"
     )
     same_groups = [{k: g[k] for k in ("params", "lr", "weight_decay")} for g in optimizer.param_groups]
     fused = torch.optim.AdamW(same_groups, betas=(0.9, 0.999), eps=1e-8, fused=True)
