@@ -25,11 +25,19 @@ from .run_folder import write_json
 STOCK = "stock"
 
 
+# settings added after results were recorded, with the value that behaves as before they existed:
+# left out of the identity at that value, so the recorded runs keep their hashes
+ADDED_SETTINGS = {("train", "fast_kernels"): False}
+
+
 def run_hash(config: RunConfig) -> str:
     """Identity of a run: every setting except where it writes and how it reports progress."""
     values = config.to_dict()
     for key in ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress"):
         values["train"].pop(key, None)
+    for (section, key), earlier_behaviour in ADDED_SETTINGS.items():
+        if values[section].get(key) == earlier_behaviour:
+            values[section].pop(key)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -341,7 +341,7 @@ def run_training(config: RunConfig) -> dict[str, Any]:
         write_atomically(output_dir / CONFIG_FILE, config_to_yaml(config))
     if config.train.freeze_backbone:
         freeze_backbone(inputs.model)
-    if config.train.cpu_dropout:  # before a probe head is split off the model, so it shares the layers
+    if config.train.fast_kernels:  # before a probe head is split off the model, so it shares the layers
         use_cpu_dropout(inputs.model)
     if config.train.feature_cache:
         use_feature_cache(config, inputs, accelerator)  # the backbone pass uses every core
@@ -393,7 +393,12 @@ def run_training(config: RunConfig) -> dict[str, Any]:
                 maybe_fail("step", state.global_step + 1)
                 grad_norm = None
                 if finite and accelerator.sync_gradients and config.train.max_grad_norm > 0:
-                    grad_norm = clipped_optimizer_step(accelerator, model, optimizer, config.train.max_grad_norm)
+                    max_norm = config.train.max_grad_norm
+                    if config.train.fast_kernels:
+                        grad_norm = clipped_optimizer_step(accelerator, model, optimizer, max_norm)
+                    else:
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                        optimizer.step()
                     scheduler.step()
                 elif finite:
                     optimizer.step()

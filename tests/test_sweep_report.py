@@ -260,3 +260,21 @@ def test_committed_recipes_readme_matches_results(track):
             if result["track"] == track:
                 heads.setdefault((result["task"], result["head"]), set()).add(result["seed"])
         assert all(len(seeds) >= 3 for seeds in heads.values()), heads
+
+
+def test_run_hash_of_recorded_runs_survives_the_fast_kernels_setting() -> None:
+    import hashlib
+
+    from poolft.config import RunConfig
+    from poolft.sweep import run_hash
+
+    # the identity a run had before train.fast_kernels existed: the same settings without that key
+    config = RunConfig()
+    config.train.fast_kernels = False
+    values = config.to_dict()
+    for key in ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress", "fast_kernels"):
+        values["train"].pop(key)
+    before = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    assert run_hash(config) == before
+    config.train.fast_kernels = True  # a different training step: a different run
+    assert run_hash(config) != before
