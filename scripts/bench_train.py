@@ -378,8 +378,8 @@ def print_results(args: argparse.Namespace, jobs: dict[str, common.JobResult], p
         )
     print(
         "  differences that remain: head (poolft mean pooler vs the stock CLS head), head learning rate "
-        "(poolft 1e-3, Trainer = lr), AdamW implementation, batch order; poolft also saves a checkpoint "
-        "and a best/ copy."
+        "(poolft 1e-3, Trainer = lr), batch order, poolft's train.fast_kernels (its CPU dropout masks, same p; "
+        "clipping folded into the fused AdamW step); poolft also saves a checkpoint and a best/ copy."
     )
 
 
