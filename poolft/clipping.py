@@ -52,10 +52,18 @@ def can_fold(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> bool
 
 
 def clipped_optimizer_step(
-    accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_norm: float
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    max_norm: float,
+    *,
+    fold: bool = True,
 ) -> torch.Tensor:
-    """Clip the gradients of ``model`` to ``max_norm`` and step ``optimizer``; returns the norm before clipping."""
-    if not can_fold(accelerator, optimizer):
+    """Clip the gradients of ``model`` to ``max_norm`` and step ``optimizer``; returns the norm before clipping.
+
+    ``fold=False`` (or an optimiser/setup that cannot fold) runs Accelerate's ``clip_grad_norm_``, then ``step()``.
+    """
+    if not (fold and can_fold(accelerator, optimizer)):
         norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
         return norm

@@ -21,6 +21,7 @@ change (dropout has no parameters and the attention choice is not saved).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -40,9 +41,7 @@ def keep_level(p: float) -> int:
 
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A random bool mask of ``shape``: each element True (dropped) with probability ``1 - keep_level(p) / 65536``."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
     words.random_(torch.iinfo(torch.int64).min, None)  # all 64 bits uniform
     uniforms = words.view(torch.int16)[:count].view(shape)  # uniform on [-32768, 32767]

@@ -392,16 +392,13 @@ def run_training(config: RunConfig) -> dict[str, Any]:
                     accelerator.backward(loss)
                 maybe_fail("step", state.global_step + 1)
                 grad_norm = None
-                if finite and accelerator.sync_gradients and config.train.max_grad_norm > 0:
-                    max_norm = config.train.max_grad_norm
-                    if config.train.fast_kernels:
-                        grad_norm = clipped_optimizer_step(accelerator, model, optimizer, max_norm)
+                if finite:
+                    if accelerator.sync_gradients and config.train.max_grad_norm > 0:
+                        grad_norm = clipped_optimizer_step(
+                            accelerator, model, optimizer, config.train.max_grad_norm, fold=config.train.fast_kernels
+                        )
                     else:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
                         optimizer.step()
-                    scheduler.step()
-                elif finite:
-                    optimizer.step()
                     scheduler.step()
                 optimizer.zero_grad()
             if not finite:
