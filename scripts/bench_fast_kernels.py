@@ -1,0 +1,130 @@
+"""Benchmark: poolft's fast training kernels (``train.fast_kernels``) against torch's, piece by piece.
+
+1. Dropout (p = 0.1) of an attention-probability tensor, ``--batch`` x 12 heads x ``--seq-len`` x
+   ``--seq-len`` (MiniLM-L6 at 32 x 128): ``poolft.cpu_dropout.cpu_dropout`` vs
+   ``torch.nn.functional.dropout``, forward and forward + backward, and each one's share of
+   zeros (both should be 0.100).
+2. Clipping + AdamW step on the parameters of poolft's MiniLM-L6 + mean pooler with random
+   gradients: ``poolft.clipping.clipped_optimizer_step`` (norm by dot products, clip factor
+   folded into the fused AdamW) vs ``clip_grad_norm_`` then ``step()``; and each norm's relative
+   error against a float64 norm of the same gradients.
+
+Usage::
+
+    python scripts/bench_fast_kernels.py
+    python scripts/bench_fast_kernels.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_common as common  # noqa: E402
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: small tensors, few repeats")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def dropout_rows(args: argparse.Namespace) -> None:
+    from poolft.cpu_dropout import cpu_dropout
+
+    shape = (args.batch, 12, args.seq_len, args.seq_len)
+    x = torch.rand(shape, requires_grad=True)
+    print(f"\n1. dropout p=0.1 of a {' x '.join(map(str, shape))} float32 tensor, median of {args.repeats}")
+    rows, forward = [], {}
+    for name, fn in (("torch F.dropout", F.dropout), ("poolft cpu_dropout", cpu_dropout)):
+        # forward as in training: on a tensor that requires grad (the backward graph is built, not run)
+        forward[name], _ = common.median_seconds(lambda fn=fn: fn(x, 0.1), repeats=args.repeats)
+        both, _ = common.median_seconds(lambda fn=fn: fn(x, 0.1).sum().backward(), repeats=args.repeats)
+        with torch.no_grad():
+            zeros = (fn(x, 0.1) == 0).float().mean().item()
+        rows.append([name, f"{forward[name] * 1e3:.1f}", f"{both * 1e3:.1f}", f"{zeros:.4f}"])
+    common.print_table(["implementation", "forward ms", "fwd+bwd ms", "share of zeros"], rows)
+    print(f"  forward speedup: {common.ratio(forward['torch F.dropout'], forward['poolft cpu_dropout'])}")
+
+
+def clipping_rows(args: argparse.Namespace) -> None:
+    from accelerate import Accelerator
+
+    from poolft import PoolftForSequenceClassification
+    from poolft.backbones import default_text_backbone
+    from poolft.clipping import clipped_optimizer_step, gradient_norm
+    from poolft.config import TrainConfig
+    from poolft.optim import build_optimizer
+
+    model = PoolftForSequenceClassification.from_backbone(default_text_backbone(), pooler="mean", num_labels=2)
+    generator = torch.Generator().manual_seed(0)
+    gradients = [torch.randn(p.shape, generator=generator) for p in model.parameters()]
+    count = sum(g.numel() for g in gradients)
+    reference = torch.stack([g.double().pow(2).sum() for g in gradients]).sum().sqrt().item()
+    accelerator = Accelerator(cpu=True)
+    optimizer = build_optimizer(model, TrainConfig())
+
+    def with_gradients(step):
+        def run():
+            for parameter, gradient in zip(model.parameters(), gradients):
+                parameter.grad = gradient.clone()
+            step()
+
+        return run
+
+    def stock() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    def folded() -> None:
+        clipped_optimizer_step(accelerator, model, optimizer, 1.0)
+
+    def copies_only() -> None:
+        pass
+
+    print(
+        f"\n2. clip to norm 1 + AdamW step, poolft MiniLM-L6 + mean pooler ({count / 1e6:.1f}M parameters), "
+        f"median of {args.repeats}"
+    )
+    copy_seconds, _ = common.median_seconds(with_gradients(copies_only), repeats=args.repeats)
+    seconds = {}
+    for name, step in (("clip_grad_norm_ + step", stock), ("poolft clipped_optimizer_step", folded)):
+        total, _ = common.median_seconds(with_gradients(step), repeats=args.repeats)
+        seconds[name] = total - copy_seconds  # minus re-installing the gradients before each call
+    for parameter, gradient in zip(model.parameters(), gradients):
+        parameter.grad = gradient.clone()
+    norms = {
+        "clip_grad_norm_ + step": torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item(),
+        "poolft clipped_optimizer_step": gradient_norm(model.parameters()).item(),
+    }
+    rows = [[name, f"{seconds[name] * 1e3:.1f}", f"{abs(norms[name] - reference) / reference:.1e}"] for name in seconds]
+    common.print_table(["implementation", "ms", "norm rel. error vs float64"], rows)
+    print(f"  speedup: {common.ratio(seconds['clip_grad_norm_ + step'], seconds['poolft clipped_optimizer_step'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.batch, args.seq_len, args.repeats = 4, 32, 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    common.print_header("poolft fast-kernels benchmark: CPU dropout and folded clipping vs torch")
+    dropout_rows(args)
+    clipping_rows(args)
+    common.print_footer(started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
