@@ -5,7 +5,7 @@
 saved poolft model without ``trust_remote_code``.
 """
 
-from .modeling import (
+from .models.modeling import (
     PoolftConfig,
     PoolftForImageClassification,
     PoolftForSequenceClassification,

@@ -130,7 +130,7 @@ def config_keys_help() -> str:
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .config import load_config
-    from .train import train
+    from .training.loop import train
 
     config = load_config(args.config, overrides)
     metrics = train(config)
@@ -145,7 +145,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_eval(args: argparse.Namespace, _: list[str]) -> int:
-    from .evaluation import evaluate_saved_model
+    from .training.evaluation import evaluate_saved_model
 
     overrides = {
         "path": args.data_path,
@@ -164,7 +164,7 @@ def run_eval(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def run_predict(args: argparse.Namespace, _: list[str]) -> int:
-    from .prediction import load_classifier
+    from .models.prediction import load_classifier
 
     if not args.texts and not args.image:
         raise PoolftError("nothing to predict; pass texts as arguments or --image FILE...")
@@ -199,7 +199,7 @@ def run_poolers(args: argparse.Namespace, _: list[str]) -> int:
 
 def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .sweep import run_sweep as sweep
+    from .recipes.sweep import run_sweep as sweep
 
     written = sweep(
         args.config,
@@ -220,7 +220,7 @@ def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
 def run_report(args: argparse.Namespace, _: list[str]) -> int:
     from pathlib import Path
 
-    from .report import write_report
+    from .recipes.report import write_report
 
     write_report(Path(args.results), Path(args.output), Path(args.readme) if args.readme else None)
     print(f"poolft report: wrote {args.output}")

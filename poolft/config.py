@@ -100,8 +100,8 @@ class TrainConfig:
     nonfinite_loss: str = "stop"  # stop | skip
     progress: bool = True
     torch_threads: int | None = None  # threads for the training loop (a probe cache is built with all cores)
-    # poolft's faster step: CPU dropout masks from 16-bit uniforms (poolft/cpu_dropout.py) and clipping
-    # folded into the fused AdamW (poolft/clipping.py); same p, same update up to float rounding.
+    # poolft's faster step: CPU dropout masks from 16-bit uniforms (poolft/training/cpu_dropout.py) and clipping
+    # folded into the fused AdamW (poolft/training/clipping.py); same p, same update up to float rounding.
     # false: torch's dropout and clip_grad_norm_, bit for bit what runs recorded before it existed
     fast_kernels: bool = True
 

@@ -43,7 +43,7 @@ VIT_SMALL = SHARED / "models" / "vit-small-patch14-dinov2"
 # hardware header
 
 
-from poolft.run_info import cpu_flags, cpu_model  # noqa: E402  (one definition, shared with poolft)
+from poolft.training.run_info import cpu_flags, cpu_model  # noqa: E402  (one definition, shared with poolft)
 
 
 def bf16_flags() -> str:
@@ -302,9 +302,9 @@ def poolft_batches(run_dir: Path) -> BatchStats:
     import transformers
 
     from poolft.config import load_config
-    from poolft.data import load_splits
-    from poolft.inputs import encode_split, example_lengths
-    from poolft.sampling import ShuffledBatchSampler
+    from poolft.data.inputs import encode_split, example_lengths
+    from poolft.data.sampling import ShuffledBatchSampler
+    from poolft.data.sources import load_splits
 
     config = load_config(run_dir / "config.yaml")
     metrics = read_poolft_metrics(run_dir)

@@ -1,11 +1,11 @@
 """Benchmark: poolft's fast training kernels (``train.fast_kernels``) against torch's, piece by piece.
 
 1. Dropout (p = 0.1) of an attention-probability tensor, ``--batch`` x 12 heads x ``--seq-len`` x
-   ``--seq-len`` (MiniLM-L6 at 32 x 128): ``poolft.cpu_dropout.cpu_dropout`` vs
+   ``--seq-len`` (MiniLM-L6 at 32 x 128): ``poolft.training.cpu_dropout.cpu_dropout`` vs
    ``torch.nn.functional.dropout``, forward and forward + backward, and each one's share of
    zeros (both should be 0.100).
 2. Clipping + AdamW step on the parameters of poolft's MiniLM-L6 + mean pooler with random
-   gradients: ``poolft.clipping.clipped_optimizer_step`` (norm by dot products, clip factor
+   gradients: ``poolft.training.clipping.clipped_optimizer_step`` (norm by dot products, clip factor
    folded into the fused AdamW) vs ``clip_grad_norm_`` then ``step()``; and each norm's relative
    error against a float64 norm of the same gradients.
 
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def dropout_rows(args: argparse.Namespace) -> None:
-    from poolft.cpu_dropout import cpu_dropout
+    from poolft.training.cpu_dropout import cpu_dropout
 
     shape = (args.batch, 12, args.seq_len, args.seq_len)
     x = torch.rand(shape, requires_grad=True)
@@ -61,10 +61,10 @@ def clipping_rows(args: argparse.Namespace) -> None:
     from accelerate import Accelerator
 
     from poolft import PoolftForSequenceClassification
-    from poolft.backbones import default_text_backbone
-    from poolft.clipping import clipped_optimizer_step, gradient_norm
     from poolft.config import TrainConfig
-    from poolft.optim import build_optimizer
+    from poolft.models.backbones import default_text_backbone
+    from poolft.training.clipping import clipped_optimizer_step, gradient_norm
+    from poolft.training.optim import build_optimizer
 
     model = PoolftForSequenceClassification.from_backbone(default_text_backbone(), pooler="mean", num_labels=2)
     generator = torch.Generator().manual_seed(0)

@@ -4,9 +4,9 @@ The same saved model (``--model-dir``, or a fresh untrained MiniLM-L6 + mean poo
 tokenizer: weights do not change the speed) classifies the same SST-2 validation sentences (872,
 or ``--samples``) three ways, at each of ``--batch-sizes`` (default 1 and 64):
 
-  predict   ``poolft.prediction.load_classifier(dir).predict(texts, batch_size)`` (what
+  predict   ``poolft.models.prediction.load_classifier(dir).predict(texts, batch_size)`` (what
             ``poolft predict`` runs: tokenizes all texts once, batches sorted by token count);
-  eval      ``poolft.evaluation.evaluate_saved_model`` (what ``poolft eval`` runs: the split is
+  eval      ``poolft.training.evaluation.evaluate_saved_model`` (what ``poolft eval`` runs: the split is
             tokenized with ``datasets.map`` first, then the training loop's evaluator over
             length-sorted batches, with Accelerate); timed two ways: the whole call (loading the
             model and data included, the tokenization cached after the first call) and its own
@@ -49,7 +49,7 @@ def save_untrained_model(folder: Path) -> None:
     from transformers import AutoTokenizer
 
     from poolft import PoolftForSequenceClassification
-    from poolft.backbones import default_text_backbone
+    from poolft.models.backbones import default_text_backbone
 
     backbone = default_text_backbone()
     model = PoolftForSequenceClassification.from_backbone(backbone, pooler="mean", num_labels=2, id2label=LABELS)
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import yaml
 
-    from poolft.evaluation import evaluate_saved_model
-    from poolft.prediction import load_classifier
+    from poolft.models.prediction import load_classifier
+    from poolft.training.evaluation import evaluate_saved_model
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -60,8 +60,8 @@ def matmul_peak(size: int, dtype: torch.dtype, repeats: int) -> tuple[float, flo
 def build_model(poolft_kernels: bool = True):
     """MiniLM-L6 + mean pooler in training mode; with ``poolft_kernels`` the CPU dropout ``poolft train`` uses."""
     from poolft import PoolftForSequenceClassification
-    from poolft.backbones import default_text_backbone
-    from poolft.cpu_dropout import use_cpu_dropout
+    from poolft.models.backbones import default_text_backbone
+    from poolft.training.cpu_dropout import use_cpu_dropout
 
     torch.manual_seed(0)
     model = PoolftForSequenceClassification.from_backbone(default_text_backbone(), pooler="mean", num_labels=2)
@@ -76,7 +76,7 @@ def time_training_steps(
     """Median seconds of forward, backward, clip+optimiser step and the whole step."""
     from accelerate import Accelerator
 
-    from poolft.clipping import clipped_optimizer_step
+    from poolft.training.clipping import clipped_optimizer_step
 
     accelerator = Accelerator(cpu=True)
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": [], "step": []}
@@ -111,7 +111,7 @@ def time_optimizer_only(model, optimizer, repeats: int) -> float:
 
 def synthetic_mfu(args: argparse.Namespace, peaks: dict[str, float]) -> None:
     from poolft.config import TrainConfig
-    from poolft.optim import build_optimizer
+    from poolft.training.optim import build_optimizer
 
     model = build_model()
     encoder = model.config.encoder_config
@@ -187,7 +187,8 @@ def synthetic_mfu(args: argparse.Namespace, peaks: dict[str, float]) -> None:
     default_seconds = time_optimizer_only(model, optimizer, repeats)
     fused_seconds = time_optimizer_only(model, fused, repeats)
     print(
-        f"  optimiser step alone ({total / 1e6:.1f}M parameters): poolft's AdamW (poolft.optim.build_optimizer) "
+        f"  optimiser step alone ({total / 1e6:.1f}M parameters): "
+        "poolft's AdamW (poolft.training.optim.build_optimizer) "
         f"{default_seconds * 1e3:.1f} ms, AdamW(fused=True) {fused_seconds * 1e3:.1f} ms "
         f"({common.ratio(default_seconds, fused_seconds)})"
     )

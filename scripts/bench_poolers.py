@@ -48,10 +48,10 @@ from torch import nn  # noqa: E402
 from transformers import BertConfig, ViTConfig  # noqa: E402
 
 from poolft import available_poolers, build_pooler  # noqa: E402
-from poolft.modeling import build_encoder  # noqa: E402
+from poolft.models.modeling import build_encoder  # noqa: E402
 from poolft.pooling.base import POOLERS  # noqa: E402
 from poolft.pooling.window import WindowPooler  # noqa: E402
-from poolft.run_info import cpu_model  # noqa: E402
+from poolft.training.run_info import cpu_model  # noqa: E402
 
 GOAL = 0.02  # each head <= 2% of the backbone's training step
 WINDOW_LEVELS = (1, 2, 4)

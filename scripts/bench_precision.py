@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"peak RSS {common.ratio(bf16.peak_rss_mb, fp32.peak_rss_mb)}; "
         f"accuracy bf16 - fp32 {common.points(bf16.result.get('accuracy'), fp32.result.get('accuracy'))}"
     )
-    from poolft.train import resolve_mixed_precision
+    from poolft.training.loop import resolve_mixed_precision
 
     auto = resolve_mixed_precision("auto")
     print(f"  CPU: {common.bf16_flags()} -> poolft's mixed_precision=auto picks {auto!r} here")

@@ -163,7 +163,7 @@ def text_inputs(args: argparse.Namespace):
     import datasets
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from poolft.backbones import default_text_backbone
+    from poolft.models.backbones import default_text_backbone
 
     backbone = default_text_backbone()
     tokenizer = AutoTokenizer.from_pretrained(backbone)
@@ -393,7 +393,7 @@ def image_preprocessing_share(args: argparse.Namespace, jobs: dict[str, common.J
     import datasets
 
     from poolft.config import DataConfig
-    from poolft.image_data import ImageCollator, cache_pixels
+    from poolft.data.images import ImageCollator, cache_pixels
 
     datasets.disable_progress_bars()
     _, processor, train_set, _, collate = image_inputs(args)
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  workdir:      {workdir}\n")
     jobs: dict[str, common.JobResult] = {}
-    from poolft.train import resolve_mixed_precision
+    from poolft.training.loop import resolve_mixed_precision
 
     precision = resolve_mixed_precision("auto")
     if "poolft" in args.jobs:

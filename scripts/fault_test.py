@@ -16,7 +16,7 @@ The kill moment's class goes round-robin over ``--classes`` (default ``step,eval
   random      from outside, at a random wall-clock moment after the first logged step
 
 ``step``/``eval``/``checkpoint`` use poolft's fault hook (``POOLFT_FAULT_AT=point:step``, see
-``poolft/fault_injection.py``): the step is drawn at random among those where that point is
+``poolft/training/fault_injection.py``): the step is drawn at random among those where that point is
 reached, so the kill lands there deterministically. ``random`` needs no hook.
 
 Then two damage tests on copies of the finished reference run: (1) the newest checkpoint gets a

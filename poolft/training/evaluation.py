@@ -11,13 +11,13 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from .config import DataConfig, load_config
-from .data import load_splits
-from .errors import PoolftError
-from .inputs import encode_split, example_lengths, make_collator
+from ..config import DataConfig, load_config
+from ..data.inputs import encode_split, example_lengths, make_collator
+from ..data.sampling import length_sorted_batches
+from ..data.sources import load_splits
+from ..errors import PoolftError
+from ..models.saved_models import load_saved_classifier
 from .run_folder import CONFIG_FILE
-from .sampling import length_sorted_batches
-from .saved_models import load_saved_classifier
 
 
 def eval_data_config(model_dir: str, config_path: str | None, overrides: dict[str, Any]) -> DataConfig:
@@ -37,7 +37,7 @@ def evaluate_saved_model(
     model_dir: str, config_path: str | None, overrides: dict[str, Any], batch_size: int = 64
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, loss and throughput of ``model_dir`` on the configured evaluation split."""
-    from .train import FixedBatches, evaluate_model
+    from .loop import FixedBatches, evaluate_model
 
     model, preprocessor, task = load_saved_classifier(model_dir)
     data = eval_data_config(model_dir, config_path, overrides)

@@ -17,8 +17,8 @@ from datasets import Image as ImageFeature
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
-from .config import DataConfig
-from .errors import PoolftError
+from ..config import DataConfig
+from ..errors import PoolftError
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -1,4 +1,4 @@
-"""CPU dropout (poolft/cpu_dropout.py): the drop rate, scaling, gradients, independence of the
+"""CPU dropout (poolft/training/cpu_dropout.py): the drop rate, scaling, gradients, independence of the
 masks and the attention path, checked against direct computations and torch's own kernels.
 
 Rates are checked within 5 standard deviations of a binomial proportion, so the tests fail on a
@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from poolft import PoolftForSequenceClassification
-from poolft.cpu_dropout import (
+from poolft.training.cpu_dropout import (
     CPU_ATTENTION,
     LEVELS,
     CpuDropout,

@@ -15,8 +15,8 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from .config import DataConfig
-from .errors import PoolftError
+from ..config import DataConfig
+from ..errors import PoolftError
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 EMBEDDED = {

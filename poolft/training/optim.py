@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import get_scheduler
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 
 def is_backbone_parameter(name: str, model: nn.Module) -> bool:

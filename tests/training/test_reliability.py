@@ -20,20 +20,20 @@ from safetensors.torch import load_file
 from transformers import BertModel
 
 import poolft
-import poolft.modeling
-from poolft import backbones
-from poolft.checkpoints import (
+import poolft.models.modeling
+from poolft.cli import main
+from poolft.config import ModelConfig, load_config
+from poolft.errors import PoolftError
+from poolft.models import backbones
+from poolft.training.checkpoints import (
     MANIFEST,
     TRAINER_STATE,
     checkpoint_problem,
     resolve_checkpoint,
     write_manifest,
 )
-from poolft.cli import main
-from poolft.config import ModelConfig, load_config
-from poolft.errors import PoolftError
-from poolft.fault_injection import parse_fault_spec
-from poolft.train import train
+from poolft.training.fault_injection import parse_fault_spec
+from poolft.training.loop import train
 
 PACKAGE = Path(poolft.__file__).parent
 
@@ -142,7 +142,7 @@ def nan_loss_at(monkeypatch):
     """``nan_loss_at({5})``: the training loss of optimiser steps 5 is NaN (one batch per step)."""
 
     def install(steps: set[int]) -> None:
-        real = poolft.modeling.classification_loss
+        real = poolft.models.modeling.classification_loss
         calls = {"training": 0}
 
         def loss_with_nan(config, logits, labels):
@@ -153,7 +153,7 @@ def nan_loss_at(monkeypatch):
                     return loss * float("nan")
             return loss
 
-        monkeypatch.setattr(poolft.modeling, "classification_loss", loss_with_nan)
+        monkeypatch.setattr(poolft.models.modeling, "classification_loss", loss_with_nan)
 
     return install
 

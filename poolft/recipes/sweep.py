@@ -16,11 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, config_from_dict, load_config
-from .errors import PoolftError
-from .feature_cache import weights_digest
-from .pooling import available_poolers
-from .run_folder import write_json
+from ..config import RunConfig, config_from_dict, load_config
+from ..errors import PoolftError
+from ..pooling import available_poolers
+from ..training.feature_cache import weights_digest
+from ..training.run_folder import write_json
 
 STOCK = "stock"
 
@@ -105,7 +105,7 @@ class Sweep:
         self.results = results_dir / task / track
         self.runs = runs_dir / task / track
         self.report = report
-        from .backbones import load_backbone_config, modality_of, resolve_backbone
+        from ..models.backbones import load_backbone_config, modality_of, resolve_backbone
 
         self.backbone = resolve_backbone(base.model.backbone)
         self.is_text = modality_of(load_backbone_config(self.backbone, base.model)) == "text"
@@ -164,7 +164,7 @@ class Sweep:
         self, config: RunConfig, result: Path, output_dir: Path, head: str, seed: int, extra: dict[str, Any]
     ) -> Path:
         """Train unless ``result`` already records this exact run; resume an interrupted one."""
-        from .train import train
+        from ..training.loop import train
 
         config.train.output_dir = str(output_dir)
         config.train.progress = False

@@ -51,7 +51,7 @@ def software() -> dict[str, str]:
     import datasets
     import transformers
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "poolft": __version__,

@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
+from ..config import RunConfig
+from ..errors import PoolftError
 from .checkpoints import checkpoint_problem
-from .config import RunConfig
-from .errors import PoolftError
 
 CONFIG_FILE = "config.yaml"
 # keys that may differ between the runs sharing one folder (continuing is the same run)

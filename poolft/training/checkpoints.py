@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import PoolftError
+from ..errors import PoolftError
 from .fault_injection import maybe_fail
 
 CHECKPOINT_DIR = "checkpoints"

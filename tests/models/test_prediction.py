@@ -8,7 +8,7 @@ from conftest import TINY_TEXTS
 from transformers import AutoTokenizer
 
 from poolft import PoolftForSequenceClassification
-from poolft.prediction import load_classifier
+from poolft.models.prediction import load_classifier
 
 # different lengths (an empty text, a long one), more texts than one batch holds
 TEXTS = [*TINY_TEXTS, "", "great", "awful acting " * 12, "the plot", *reversed(TINY_TEXTS)]

@@ -23,8 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .modeling import patch_grid
-from .sampling import length_sorted_batches
+from ..data.sampling import length_sorted_batches
+from ..models.modeling import patch_grid
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "poolft" / "features"
 

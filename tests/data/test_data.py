@@ -18,11 +18,11 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
 
 from poolft.config import DataConfig
-from poolft.data import load_splits
+from poolft.data.images import ImageCollator, cache_pixels, to_rgb
+from poolft.data.sampling import ShuffledBatchSampler
+from poolft.data.sources import load_splits
+from poolft.data.text import TextCollator, tokenize_split
 from poolft.errors import PoolftError
-from poolft.image_data import ImageCollator, cache_pixels, to_rgb
-from poolft.sampling import ShuffledBatchSampler
-from poolft.text_data import TextCollator, tokenize_split
 
 TRAIN_ROWS = [
     {"text": "a good film", "label": "pos"},
@@ -468,7 +468,7 @@ def test_training_split_with_one_present_class_is_an_error(tmp_path):
 def test_held_out_rows_match_datasets_train_test_split():
     from datasets import Dataset
 
-    from poolft.data import hold_out
+    from poolft.data.sources import hold_out
 
     split = Dataset.from_dict({"x": list(range(1003))})
     reference = split.train_test_split(test_size=0.1, seed=0, shuffle=True)

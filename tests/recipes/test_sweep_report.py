@@ -9,10 +9,10 @@ import torch
 from datasets_for_tests import write_sentiment_csv
 from safetensors.torch import load_file
 
-import poolft.train
+import poolft.training.loop
 from poolft.cli import main
 from poolft.config import load_config
-from poolft.report import END, START, load_results, load_search_runs, render, write_report
+from poolft.recipes.report import END, START, load_results, load_search_runs, render, write_report
 
 
 def recipe(tmp_path, backbone, *, probe: bool) -> str:
@@ -40,13 +40,13 @@ def recipe(tmp_path, backbone, *, probe: bool) -> str:
 
 def count_trainings(monkeypatch) -> list[str]:
     calls = []
-    original = poolft.train.train
+    original = poolft.training.loop.train
 
     def counting(config):
         calls.append(config.train.output_dir)
         return original(config)
 
-    monkeypatch.setattr(poolft.train, "train", counting)
+    monkeypatch.setattr(poolft.training.loop, "train", counting)
     return calls
 
 
@@ -141,16 +141,16 @@ def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_bert_dir, monkeypatch):
         "--train.save_every_steps=2",
         "--train.epochs=2",
     ]
-    original_write = poolft.train.StepLog.write
+    original_write = poolft.training.loop.StepLog.write
 
     def crash_at_step_5(self, record):
         original_write(self, record)
         if record.get("step") == 5 and "loss" in record:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(poolft.train.StepLog, "write", crash_at_step_5)
+    monkeypatch.setattr(poolft.training.loop.StepLog, "write", crash_at_step_5)
     assert main(arguments) == 130
-    monkeypatch.setattr(poolft.train.StepLog, "write", original_write)
+    monkeypatch.setattr(poolft.training.loop.StepLog, "write", original_write)
     assert main(arguments) == 0
     log = (runs / "tiny" / "finetune" / "max-seed0" / "log.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in log if "loss" in json.loads(line)]
@@ -174,7 +174,7 @@ def test_head_trained_on_cache_equals_head_trained_with_frozen_backbone(tmp_path
                 "--train.progress=false",
             ],
         )
-        poolft.train.train(config)
+        poolft.training.loop.train(config)
         weights[cached] = load_file(tmp_path / str(cached) / "model.safetensors")
     assert weights[True].keys() == weights[False].keys()
     for key in weights[True]:
@@ -249,7 +249,7 @@ def test_committed_recipes_readme_matches_results(track):
     """recipes/README.md is exactly what `poolft report` makes of recipes/results."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     results = load_results(root / "recipes" / "results")
     committed = (root / "recipes" / "README.md").read_text(encoding="utf-8")
     assert render(results, None, search_runs=load_search_runs(root / "recipes" / "results")) == committed
@@ -266,7 +266,7 @@ def test_run_hash_of_recorded_runs_survives_the_fast_kernels_setting() -> None:
     import hashlib
 
     from poolft.config import RunConfig
-    from poolft.sweep import run_hash
+    from poolft.recipes.sweep import run_hash
 
     # the identity a run had before train.fast_kernels existed: the same settings without that key
     config = RunConfig()

@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Any
 
-from .config import RunConfig
+from ..config import RunConfig
 
 
 def repeat_command(config_path: str) -> str:

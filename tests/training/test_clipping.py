@@ -1,4 +1,4 @@
-"""Clipping folded into the fused AdamW step (poolft/clipping.py) against torch's
+"""Clipping folded into the fused AdamW step (poolft/training/clipping.py) against torch's
 ``clip_grad_norm_`` followed by a plain step, on the same parameters and gradients."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from poolft.clipping import can_fold, clipped_optimizer_step, gradient_norm
+from poolft.training.clipping import can_fold, clipped_optimizer_step, gradient_norm
 
 
 def model_with_gradients(seed: int = 0, grad_size: float = 1.0) -> nn.Module:

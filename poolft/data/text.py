@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from .config import DataConfig
-from .errors import PoolftError
+from ..config import DataConfig
+from ..errors import PoolftError
 
 
 def check_max_length(config: DataConfig, tokenizer: PreTrainedTokenizerBase, max_positions: int | None) -> None:

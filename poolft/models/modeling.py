@@ -24,10 +24,10 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import ImageClassifierOutput, SequenceClassifierOutput
 
-from .pooling import Pooler, build_pooler
-from .pooling.attention import AttentionPooler
-from .pooling.base import POOLERS
-from .pooling.reductions import GemPooler
+from ..pooling import Pooler, build_pooler
+from ..pooling.attention import AttentionPooler
+from ..pooling.base import POOLERS
+from ..pooling.reductions import GemPooler
 
 LAYER_COMBINES = ("mean", "weighted")
 
