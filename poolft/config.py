@@ -49,7 +49,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     task: str = "auto"  # "text", "image", or "auto" (from the columns)
-    text_column: str = "sentence"
+    text_column: str | None = None  # None: chosen from the columns (the only text one, a pair, text/sentence)
     text_pair_column: str | None = None
     image_column: str = "image"
     label_column: str = "label"
@@ -104,6 +104,8 @@ class TrainConfig:
     # folded into the fused AdamW (poolft/training/clipping.py); same p, same update up to float rounding.
     # false: torch's dropout and clip_grad_norm_, bit for bit what runs recorded before it existed
     fast_kernels: bool = True
+    # several processes: how long one waits for the others (a dead or stuck peer) before the run fails
+    distributed_timeout_seconds: int = 1800
 
 
 @dataclass

@@ -14,10 +14,16 @@ The kill moment's class goes round-robin over ``--classes`` (default ``step,eval
   eval        during an evaluation (computed, not yet recorded)
   checkpoint  in the middle of writing a checkpoint (accelerate's files written, no manifest yet)
   random      from outside, at a random wall-clock moment after the first logged step
+  rank        one process (rank drawn at random) of a 2-process ``torchrun`` run, inside a step
+  rank-no-agent  the same with the two processes started directly, without torchrun's agent to
+              stop the survivor: it must fail on its own (``--distributed-timeout`` bounds a wait)
 
-``step``/``eval``/``checkpoint`` use poolft's fault hook (``POOLFT_FAULT_AT=point:step``, see
-``poolft/training/fault_injection.py``): the step is drawn at random among those where that point is
-reached, so the kill lands there deterministically. ``random`` needs no hook.
+``step``/``eval``/``checkpoint``/``rank*`` use poolft's fault hook (``POOLFT_FAULT_AT=point:step``,
+``POOLFT_FAULT_RANK``, see ``poolft/training/fault_injection.py``): the step is drawn at random
+among those where that point is reached, so the kill lands there deterministically. ``random``
+needs no hook. A ``rank*`` trial must end the whole job with a non-zero status (the line reports
+the seconds from the kill to the last process's exit), and is resumed on 2 processes with
+``torchrun`` and compared with an uninterrupted 2-process reference run.
 
 Then two damage tests on copies of the finished reference run: (1) the newest checkpoint gets a
 truncated file and the next one loses a file -- resume must report each in one line and continue
@@ -31,6 +37,7 @@ Usage::
     python scripts/fault_test.py                 # 20 trials (several minutes on 2 CPU cores)
     python scripts/fault_test.py --trials 3      # smoke test
     python scripts/fault_test.py --classes random --trials 4
+    python scripts/fault_test.py --classes rank,rank-no-agent --trials 4 --no-damage
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,7 +63,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TRAIN_SIZE, EVAL_SIZE, BATCH, EPOCHS = 96, 24, 8, 2
 SAVE_EVERY, EVAL_EVERY, SAVE_LIMIT = 3, 5, 3
-CLASSES = ("step", "eval", "checkpoint", "random")
+CLASSES = ("step", "eval", "checkpoint", "random", "rank", "rank-no-agent")
+PROCESSES = 2  # the rank* classes
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={PROCESSES}", "--standalone"]
+FAULT_LINE = "fault injection: SIGKILL"
 
 
 def run_arguments(backbone: Path, files: dict[str, str], output: Path) -> list[str]:
@@ -78,19 +89,69 @@ def run_arguments(backbone: Path, files: dict[str, str], output: Path) -> list[s
     ]
 
 
-def child_environment(fault: str | None = None) -> dict[str, str]:
+def child_environment(fault: str | None = None, rank: int | None = None) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("POOLFT_FAULT_AT", None)
+    env.pop("POOLFT_FAULT_RANK", None)
     if fault:
         env["POOLFT_FAULT_AT"] = fault
+    if rank is not None:
+        env["POOLFT_FAULT_RANK"] = str(rank)
     # the poolft that this script's interpreter imports (a checkout on PYTHONPATH wins over the install)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.environ.get("PYTHONPATH", ""), str(REPO)] if p)
     return env
 
 
-def poolft_train(arguments: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "poolft", "train", *arguments]
+def poolft_train(
+    arguments: list[str], env: dict[str, str], timeout: float = 600, processes: int = 1
+) -> subprocess.CompletedProcess:
+    launcher = TORCHRUN if processes > 1 else [sys.executable]
+    command = [*launcher, "-m", "poolft", "train", *arguments]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def kill_one_rank(arguments: list[str], output: Path, fault: str, rank: int, agent: bool) -> tuple[list[int], float]:
+    """Run on 2 processes with ``rank`` dying at ``fault``; exit codes and seconds from the kill to the last exit.
+
+    With ``agent`` the job is ``torchrun`` (its agent stops the other worker); without, the two
+    workers are started directly with the environment torchrun would give them, so the survivor
+    has to notice the dead peer (or time out) by itself.
+    """
+    env = child_environment(fault, rank)
+    command = [sys.executable, "-m", "poolft", "train", *arguments]
+    if agent:
+        launches = [(TORCHRUN + command[1:], env)]
+    else:
+        port = str(free_port())
+        shared = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(PROCESSES)}
+        shared["LOCAL_WORLD_SIZE"] = str(PROCESSES)
+        launches = [(command, {**env, **shared, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(PROCESSES)]
+    logs = [output.parent / f"{output.name}-launch-{i}.stderr" for i in range(len(launches))]
+    processes = []
+    for (launch, launch_env), log in zip(launches, logs, strict=True):
+        with open(log, "w") as handle:
+            processes.append(subprocess.Popen(launch, env=launch_env, stdout=subprocess.DEVNULL, stderr=handle))
+    killed_at, deadline = None, time.monotonic() + 900
+    try:
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            if killed_at is None and any(FAULT_LINE in log.read_text(errors="replace") for log in logs):
+                killed_at = time.monotonic()
+            time.sleep(0.02)
+    finally:
+        for process in processes:
+            if process.poll() is None:  # still running at the deadline: a hang
+                process.kill()
+            process.wait()
+    if killed_at is None and any(FAULT_LINE in log.read_text(errors="replace") for log in logs):
+        killed_at = time.monotonic()
+    seconds = time.monotonic() - killed_at if killed_at is not None else float("nan")
+    return [p.returncode for p in processes], seconds
 
 
 def kill_at_random_moment(arguments: list[str], output: Path, rng: random.Random, log_lines: int) -> int:
@@ -185,6 +246,8 @@ def run_trial(
     output = setup["work"] / f"trial-{index:02d}"
     arguments = run_arguments(setup["backbone"], setup["files"], output)
     started = time.perf_counter()
+    if kind.startswith("rank"):
+        return run_rank_trial(index, kind, rng, points, setup, output, arguments, started)
     if kind == "random":
         where = "random"
         code = kill_at_random_moment(arguments, output, rng, setup["log_lines"])
@@ -216,6 +279,50 @@ def run_trial(
     print(f"{label} killed {state} | resumed from {source} | {verdict} ({seconds:.0f} s)", flush=True)
     if not problems and not setup["keep"]:
         shutil.rmtree(output, ignore_errors=True)
+    return not problems
+
+
+def run_rank_trial(
+    index: int,
+    kind: str,
+    rng: random.Random,
+    points: dict[str, list[int]],
+    setup: dict,
+    output: Path,
+    arguments: list[str],
+    started: float,
+) -> bool:
+    """Kill one process of a 2-process run inside a step; the job must fail, the resumed run match."""
+    rank, step = rng.randrange(PROCESSES), rng.choice(points["step"])
+    agent = kind == "rank"
+    timeout = setup["distributed_timeout"]
+    killing = [*arguments, f"--train.distributed_timeout_seconds={timeout}"]
+    codes, seconds = kill_one_rank(killing, output, f"step:{step}", rank, agent)
+    label = f"trial {index:2d} {kind} {rank}@step:{step:<3d}"
+    exited = f"exit {'/'.join(map(str, codes))} {seconds:.1f} s after the kill"
+    # torchrun stops the survivor itself; alone it must notice the dead peer or give up after the timeout
+    bound = timeout + 60
+    if any(code == 0 for code in codes) or not seconds < bound:
+        print(f"{label} FAIL ({exited}; expected a non-zero exit within {bound} s)", flush=True)
+        return False
+    state = checkpoint_summary(output)
+    resumed = poolft_train(
+        [*arguments, "--train.resume_from_checkpoint=latest"], child_environment(), processes=PROCESSES
+    )
+    if resumed.returncode != 0:
+        tail = (resumed.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"{label} {exited} {state} | resume FAILED (exit {resumed.returncode}: {tail})", flush=True)
+        return False
+    starts = [line.split("resuming from ")[-1] for line in resume_lines(resumed.stdout) if "resuming from" in line]
+    source = Path(starts[-1]).name if starts else "scratch"
+    problems = compare_with_reference(setup["reference_2"], output)
+    verdict = "OK: weights and metrics equal" if not problems else "FAIL: " + "; ".join(problems)
+    total = time.perf_counter() - started
+    print(f"{label} {exited} {state} | resumed from {source} | {verdict} ({total:.0f} s)", flush=True)
+    if not problems and not setup["keep"]:
+        shutil.rmtree(output, ignore_errors=True)
+        for log in output.parent.glob(f"{output.name}-launch-*.stderr"):
+            log.unlink()
     return not problems
 
 
@@ -279,6 +386,9 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the output folders of passing trials")
     parser.add_argument("--no-damage", action="store_true", help="skip the damaged-checkpoint tests")
+    parser.add_argument(
+        "--distributed-timeout", type=int, default=60, help="train.distributed_timeout_seconds of the rank* kills"
+    )
     args = parser.parse_args()
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     unknown = set(classes) - set(CLASSES)
@@ -295,7 +405,9 @@ def main() -> int:
         "backbone": build_tiny_bert(work / "tiny-bert"),
         "files": write_sentiment_csv(work / "data", train_size=TRAIN_SIZE, eval_size=EVAL_SIZE),
         "reference": work / "reference",
+        "reference_2": work / f"reference-{PROCESSES}-processes",
         "keep": args.keep,
+        "distributed_timeout": args.distributed_timeout,
     }
     steps_per_epoch = -(-TRAIN_SIZE // BATCH)
     total_steps = steps_per_epoch * EPOCHS
@@ -308,6 +420,14 @@ def main() -> int:
             print(f"reference run failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
             return 1
     print(f"reference run done ({time.perf_counter() - started:.0f} s)", flush=True)
+    if any(c.startswith("rank") for c in classes) and not (setup["reference_2"] / "metrics.json").is_file():
+        shutil.rmtree(setup["reference_2"], ignore_errors=True)
+        arguments = run_arguments(setup["backbone"], setup["files"], setup["reference_2"])
+        result = poolft_train(arguments, child_environment(), processes=PROCESSES)
+        if result.returncode != 0:
+            print(f"{PROCESSES}-process reference run failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+            return 1
+        print(f"{PROCESSES}-process reference run done ({time.perf_counter() - started:.0f} s)", flush=True)
     points = fault_points(setup["reference"], total_steps, steps_per_epoch)
     setup["log_lines"] = len((setup["reference"] / "log.jsonl").read_text().splitlines())
 

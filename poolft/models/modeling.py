@@ -276,8 +276,36 @@ def classification_loss(
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
+def right_padding_order(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Per row, the column order that puts the real tokens first (in order) and the padding after.
+
+    ``attention_mask`` ``(batch, tokens)`` -> indices ``(batch, tokens)``, or None when every row
+    already has its real tokens first (right padding, no padding, or no 2-D mask).
+    """
+    if attention_mask is None or attention_mask.dim() != 2 or attention_mask.size(1) < 2:
+        return None
+    padding = (attention_mask == 0).to(torch.int8)
+    if not bool((padding[:, 1:] >= padding[:, :-1]).all()):
+        return torch.sort(padding, dim=1, stable=True).indices
+    return None
+
+
+def gather_tokens(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(batch | 1, tokens, ...)`` with row i's tokens in the order ``order[i]`` (``(batch, tokens)``)."""
+    values = values.expand(order.size(0), *values.shape[1:])
+    index = order.view(*order.shape, *([1] * (values.dim() - 2))).expand(*order.shape, *values.shape[2:])
+    return values.gather(1, index)
+
+
 class PoolftForSequenceClassification(PoolftPreTrainedModel):
-    """Text encoder (BERT family) -> pooler -> dropout -> linear classifier."""
+    """Text encoder (BERT family) -> pooler -> dropout -> linear classifier.
+
+    A left- (or otherwise) padded batch is moved to right padding before the encoder, every
+    per-token input with it, so each text's logits are those it has alone: encoders count
+    absolute positions (BERT), padding-offset positions (RoBERTa, XLM-R) and rotary positions
+    (ModernBERT) from the first column, and a text's real tokens then start there whatever it is
+    batched with. Returned ``hidden_states`` are put back in the caller's layout.
+    """
 
     main_input_name = "input_ids"
 
@@ -291,7 +319,13 @@ class PoolftForSequenceClassification(PoolftPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> SequenceClassifierOutput:
-        """Args: ``input_ids`` / ``attention_mask`` ``(batch, tokens)``; ``labels`` ``(batch,)``."""
+        """Classify a batch of texts padded on either side.
+
+        Args: ``input_ids`` / ``attention_mask`` / ``token_type_ids`` / ``position_ids``
+        ``(batch, tokens)``, or ``inputs_embeds`` ``(batch, tokens, hidden)``; ``labels`` ``(batch,)``.
+        Returns logits ``(batch, labels)`` and, when asked, ``hidden_states`` ``layers x (batch,
+        tokens, hidden)`` in the columns of the inputs.
+        """
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -300,10 +334,18 @@ class PoolftForSequenceClassification(PoolftPreTrainedModel):
             "inputs_embeds": inputs_embeds,
         }
         inputs = {key: value for key, value in inputs.items() if value is not None}
-        output_hidden_states = self.wants_all_layers() or bool(kwargs.pop("output_hidden_states", False))
+        order = right_padding_order(attention_mask)
+        if order is not None:
+            inputs = {key: gather_tokens(value, order) for key, value in inputs.items()}
+        requested = bool(kwargs.pop("output_hidden_states", False))  # popped even when all layers are needed
+        output_hidden_states = self.wants_all_layers() or requested
         encoded = self.encoder(**inputs, output_hidden_states=output_hidden_states, **kwargs)
-        loss, logits = self.classify(self.selected_states(encoded), attention_mask, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
+        loss, logits = self.classify(self.selected_states(encoded), inputs.get("attention_mask"), labels)
+        hidden_states = encoded.hidden_states
+        if order is not None and hidden_states is not None:
+            back = order.argsort(dim=1)
+            hidden_states = tuple(gather_tokens(states, back) for states in hidden_states)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
 
 def patch_grid(pixel_values: torch.Tensor, patch_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -312,15 +354,42 @@ def patch_grid(pixel_values: torch.Tensor, patch_size: int | tuple[int, int]) ->
     return pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
 
 
+#: parameter names of a learned class token: ViT, DeiT, BEiT, DINOv2 (``cls_token``), CLIP (``class_embedding``)
+CLASS_TOKEN_PARAMETERS = ("cls_token", "class_embedding")
+
+
+def has_class_token(encoder: nn.Module | PretrainedConfig) -> bool:
+    """Whether an image encoder (or the one its config builds) puts a learned class token first.
+
+    True for ViT, DeiT, BEiT, DINOv2 and CLIP's vision tower; False for SigLIP's, which has only
+    patch tokens. A config is built on the meta device (no memory, no weights) to look.
+    """
+    if isinstance(encoder, PretrainedConfig):
+        with torch.device("meta"):
+            encoder = build_encoder(encoder)
+    return any(name.rsplit(".", 1)[-1] in CLASS_TOKEN_PARAMETERS for name, _ in encoder.named_parameters())
+
+
 class PoolftForImageClassification(PoolftPreTrainedModel):
     """Image encoder (ViT family) -> pooler -> dropout -> linear classifier.
 
     The patch grid comes from the actual ``pixel_values`` shape and the prefix-token count (CLS,
-    registers, distillation) from the encoder's output length, so other image sizes and ViT
-    variants work unchanged; position embeddings are interpolated when the size differs.
+    registers, distillation; none for SigLIP) from the encoder's output length, so other image
+    sizes and ViT variants work unchanged; position embeddings are interpolated when the size
+    differs. The pooled states are the encoder's ``last_hidden_state``: after the final layernorm
+    for ViT, DeiT, BEiT, DINOv2 and SigLIP; for CLIP's vision tower before ``post_layernorm`` (which
+    CLIP applies to its pooled CLS only), as ``CLIPForImageClassification`` pools them.
     """
 
     main_input_name = "pixel_values"
+
+    def __init__(self, config: PoolftConfig, encoder: PreTrainedModel | None = None) -> None:
+        super().__init__(config, encoder)
+        if config.pooler == "cls" and not has_class_token(self.encoder):
+            raise ValueError(
+                f"a {config.encoder_config.model_type} encoder has no class token, so the cls pooler has nothing "
+                "to take; use pooler='mean' or 'attention'"
+            )
 
     def _pooler_options(self, config: PoolftConfig) -> dict[str, Any]:
         options = dict(config.pooler_options)
@@ -352,7 +421,8 @@ class PoolftForImageClassification(PoolftPreTrainedModel):
         states = self.selected_states(encoded)
         grid = patch_grid(pixel_values, self.config.encoder_config.patch_size)
         num_prefix_tokens = states.size(1) - grid[0] * grid[1]
-        loss, logits = self.classify(states, None, labels, num_prefix_tokens=num_prefix_tokens, grid_size=grid)
+        grid_size = grid if self.pooler.uses_grid else None  # other heads ignore or refuse a grid
+        loss, logits = self.classify(states, None, labels, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states)
 
 

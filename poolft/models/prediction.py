@@ -8,11 +8,16 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from ..data.images import processor_size, to_rgb
+from ..data.images import to_rgb
 from ..data.text import TextCollator
 from ..errors import PoolftError
+from .backbones import max_positions
 from .saved_models import load_saved_classifier
+
+#: ``model_max_length`` at or above this means "no limit" (transformers' sentinel is 1e30)
+UNBOUNDED_LENGTH = 10**9
 
 
 class Classifier:
@@ -51,17 +56,40 @@ class Classifier:
         return results
 
     def tokenize(self, texts: list[str]) -> list[dict[str, list[int]]]:
-        """One tokenizer call for all texts; per text its unpadded ``input_ids`` (+ mask, type ids)."""
-        encoded = self.preprocessor(list(texts), truncation=True)
+        """One tokenizer call for all texts; per text its unpadded ``input_ids`` (+ mask, type ids).
+
+        Truncated at ``text_max_length``: the trained length, never more than the backbone's positions.
+        """
+        max_length = text_max_length(self.model.config, self.preprocessor)
+        encoded = self.preprocessor(list(texts), truncation=True, max_length=max_length)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
         return [{key: encoded[key][row] for key in keys} for row in range(len(texts))]
 
     def encode_images(self, items: list[str]) -> dict[str, torch.Tensor]:
-        height, width = processor_size(self.preprocessor, None)
-        pixel_values = self.preprocessor(
-            [to_rgb(open_image(path)) for path in items], size={"height": height, "width": width}, return_tensors="np"
-        )["pixel_values"]
+        """``pixel_values`` ``(batch, 3, height, width)`` from the saved processor, used as it is.
+
+        Training saved the processor it resized and cropped with, so its own rules (resize-then-crop,
+        resample, statistics) give the pixels training saw, as in ``pipeline``.
+        """
+        pixel_values = self.preprocessor([to_rgb(open_image(path)) for path in items], return_tensors="np")[
+            "pixel_values"
+        ]
         return {"pixel_values": torch.from_numpy(np.ascontiguousarray(pixel_values))}
+
+
+def text_max_length(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """Tokens per text a saved text classifier takes: ``min(tokenizer.model_max_length, positions)``.
+
+    ``poolft train`` saves the tokenizer with ``model_max_length = data.max_length``, so this is
+    the length training truncated at; a tokenizer without a limit (the 1e30 sentinel) is still
+    capped by the backbone's position embeddings (512 of RoBERTa's 514). None: neither sets a
+    limit (rotary encoders without ``max_position_embeddings``). ``config`` is a ``PoolftConfig``
+    or a stock model's config.
+    """
+    encoder_config = getattr(config, "encoder_config", None) or config
+    limits = [max_positions(encoder_config), tokenizer.model_max_length]
+    bounded = [int(limit) for limit in limits if limit is not None and limit < UNBOUNDED_LENGTH]
+    return min(bounded) if bounded else None
 
 
 def open_image(path: str) -> Image.Image:

@@ -56,6 +56,11 @@ class AttentionPooler(Pooler):
         num_prefix_tokens: int = 0,
         grid_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        """Pool ``(batch, tokens, hidden)`` to ``(batch, hidden)``.
+
+        ``grid_size`` is accepted and ignored: attention without position terms does not depend on
+        the token order.
+        """
         pooled, _ = self.forward_with_weights(hidden_states, attention_mask, num_prefix_tokens=num_prefix_tokens)
         return pooled
 

@@ -33,6 +33,11 @@ class Pooler(nn.Module):
         return self.hidden_size
 
     @property
+    def uses_grid(self) -> bool:
+        """Whether ``forward`` pools a patch grid and so needs ``grid_size`` (``window`` with ``grid=True``)."""
+        return False
+
+    @property
     def options(self) -> dict[str, Any]:
         """The constructor options (besides ``hidden_size``) that rebuild this head."""
         raise NotImplementedError
@@ -48,8 +53,11 @@ class Pooler(nn.Module):
         """Pool ``hidden_states`` ``(batch, tokens, hidden)`` to ``(batch, output_dim)``.
 
         ``attention_mask`` ``(batch, tokens)`` is 1 for real tokens (None: all real); the first
-        ``num_prefix_tokens`` tokens are special tokens; ``grid_size=(h, w)`` says the tokens after
-        them form an h x w patch grid.
+        ``num_prefix_tokens`` real tokens of each row are special tokens (CLS, registers), counted
+        from the row's first real token so left padding is respected; ``grid_size=(h, w)`` says the
+        tokens after them form an h x w patch grid. A head whose result does not depend on the
+        token order (cls, mean, max, meanmax, gem, attention) ignores ``grid_size``; a head that
+        does uses it (``uses_grid``) or refuses it, never drops it.
         """
         raise NotImplementedError
 

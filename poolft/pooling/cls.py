@@ -56,6 +56,11 @@ class ClsPooler(Pooler):
         num_prefix_tokens: int = 0,
         grid_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        """The first real token of each row ``(batch, hidden)``, whatever the padding side.
+
+        ``num_prefix_tokens`` and ``grid_size`` are accepted and ignored: the first real token is
+        the first prefix token when there is one (a ViT's class token).
+        """
         pooled = first_real_token(hidden_states, attention_mask)
         if self.dense is None:
             return pooled

@@ -18,10 +18,14 @@ def real_token_mask(
 ) -> torch.Tensor:
     """Boolean mask of the real, non-prefix tokens.
 
+    The prefix is counted from each row's first real token, not from position 0: the first
+    ``num_prefix_tokens`` real tokens of a row are its prefix, so a left-padded row loses its own
+    special tokens, never real ones.
+
     Args:
         hidden_states: ``(batch, tokens, hidden)``.
         attention_mask: ``(batch, tokens)``, nonzero for real tokens; None means all real.
-        num_prefix_tokens: leading special tokens (CLS, registers) to exclude.
+        num_prefix_tokens: leading special tokens (CLS, registers) of each row to exclude.
 
     Returns:
         ``(batch, tokens)`` bool.
@@ -38,10 +42,35 @@ def real_token_mask(
         mask = attention_mask.to(device=hidden_states.device) != 0
     if num_prefix_tokens < 0 or num_prefix_tokens > tokens:
         raise ValueError(f"num_prefix_tokens={num_prefix_tokens} must be between 0 and tokens={tokens}")
-    if num_prefix_tokens:
+    if num_prefix_tokens and attention_mask is None:
         positions = torch.arange(tokens, device=hidden_states.device)
         mask = mask & (positions >= num_prefix_tokens)
+    elif num_prefix_tokens:
+        # rank of each real token in its row (1 = first real token): the prefix is ranks 1..P
+        mask = mask & (mask.cumsum(dim=1) > num_prefix_tokens)
     return mask
+
+
+def patch_grid_start(attention_mask: torch.Tensor | None, num_prefix_tokens: int) -> torch.Tensor | None:
+    """Position where each row's patch grid begins: right after the row's prefix.
+
+    The prefix (the row's first ``num_prefix_tokens`` real tokens) anchors the grid, so a
+    left-padded row's grid starts where its own patches start. Without a prefix nothing tells
+    left padding from absent leading patches, and every grid starts at position 0.
+
+    Args:
+        attention_mask: ``(batch, tokens)``, nonzero for real tokens; None means all real.
+        num_prefix_tokens: special tokens at the start of each row.
+
+    Returns:
+        ``(batch,)`` int64 positions (past the end for a row with too few real tokens), or None
+        when every row's grid starts at ``num_prefix_tokens`` (no mask, or no prefix).
+    """
+    if attention_mask is None or not num_prefix_tokens:
+        return None
+    rank = (attention_mask != 0).cumsum(dim=1)
+    # the positions before the row's last prefix token, plus that token
+    return (rank < num_prefix_tokens).sum(dim=1) + 1
 
 
 def zero_masked(hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

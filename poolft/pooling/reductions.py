@@ -29,6 +29,10 @@ class _TokenReduction(Pooler):
         num_prefix_tokens: int = 0,
         grid_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        """Reduce ``(batch, tokens, hidden)`` over each row's real tokens after its prefix.
+
+        ``grid_size`` is accepted and ignored: these reductions do not depend on the token order.
+        """
         token_mask = real_token_mask(hidden_states, attention_mask, num_prefix_tokens)
         return self.reduce(hidden_states, token_mask)
 

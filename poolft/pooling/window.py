@@ -3,7 +3,8 @@
 Adaptive mode: for each level ``k`` the ``n`` real, non-prefix tokens of an example are split
 into ``k`` windows, window ``j`` covering ranks ``[floor(j*n/k), ceil((j+1)*n/k))`` -- the bounds of
 PyTorch's adaptive pooling -- and each window is reduced by max or mean. With ``grid=True`` the
-patch grid is split into ``k x k`` bins with those bounds on each axis (spatial pyramid pooling).
+patch grid is split into ``k x k`` bins with those bounds on each axis (spatial pyramid pooling);
+a row's grid starts right after its prefix (its first ``num_prefix_tokens`` real tokens).
 Sliding mode: fixed-size windows with a stride over the real tokens, reduced within each window,
 then over the windows.
 
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import Pooler, register_pooler
-from .masking import lowest_value, masked_reduce, real_token_mask
+from .masking import lowest_value, masked_reduce, patch_grid_start, real_token_mask
 
 REDUCTIONS = ("max", "mean")
 MODES = ("adaptive", "sliding")
@@ -111,12 +112,18 @@ def grid_window_features(
     grid_size: tuple[int, int],
     levels: tuple[int, ...],
     reduce: str,
+    grid_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Spatial-pyramid features of a patch grid: ``k x k`` adaptive bins per level.
+
+    Patch ``i`` (row-major) of a row is the token at ``grid_start + i``; tokens that are masked
+    out, or positions past the end of the sequence, are absent patches.
 
     Args:
         hidden_states: ``(batch, prefix + h*w, hidden)``.
         token_mask: ``(batch, prefix + h*w)`` bool (prefix already False).
+        grid_start: ``(batch,)`` position of each row's first patch (see ``patch_grid_start``);
+            None: every row's grid starts at ``num_prefix_tokens``.
 
     Returns:
         ``(batch, hidden * sum(k*k))``, levels in order, bins row-major.
@@ -128,8 +135,18 @@ def grid_window_features(
             f"grid_size={grid_size} needs {height * width} patch tokens after {num_prefix_tokens} prefix "
             f"tokens, but got {tokens - num_prefix_tokens}; pass the grid the backbone produced"
         )
-    patches = hidden_states[:, num_prefix_tokens:]
-    mask = token_mask[:, num_prefix_tokens:]
+    if grid_start is None:
+        patches = hidden_states[:, num_prefix_tokens:]
+        mask = token_mask[:, num_prefix_tokens:]
+    else:
+        # a left-padded row's grid is shifted right; cells past the end are absent patches
+        positions = grid_start.to(hidden_states.device).unsqueeze(1) + torch.arange(
+            height * width, device=hidden_states.device
+        )
+        inside = positions < tokens
+        positions = positions.clamp(max=tokens - 1)
+        patches = hidden_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden))
+        mask = token_mask.gather(1, positions) & inside
     grid = patches.transpose(1, 2).reshape(batch, hidden, height, width)
     grid_mask = mask.view(batch, 1, height, width)
     features = []
@@ -184,7 +201,8 @@ class WindowPooler(Pooler):
         reduce: ``"max"`` or ``"mean"`` within a window.
         project: project the concatenation to ``hidden_size`` (else ``output_dim`` is the raw
             concatenation: ``hidden * sum(levels)``, or ``hidden * sum(k*k)`` with ``grid``).
-        grid: pool the patch grid in ``k x k`` bins (needs ``grid_size`` at forward).
+        grid: pool the patch grid in ``k x k`` bins (needs ``grid_size`` at forward; without
+            ``grid`` a ``grid_size`` is refused, since ``output_dim`` is fixed at construction).
         mode: ``"adaptive"`` or ``"sliding"``.
         window_size, stride, reduce_windows: the sliding mode's window, step and across-window
             reduction.
@@ -237,6 +255,10 @@ class WindowPooler(Pooler):
         return self.hidden_size if self.projection is not None else self.feature_dim
 
     @property
+    def uses_grid(self) -> bool:
+        return self.grid
+
+    @property
     def options(self) -> dict[str, Any]:
         return {
             "levels": list(self.levels),
@@ -257,6 +279,16 @@ class WindowPooler(Pooler):
         num_prefix_tokens: int = 0,
         grid_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        """Pool ``hidden_states`` ``(batch, tokens, hidden)`` to ``(batch, output_dim)``.
+
+        ``grid_size=(h, w)`` is required by a head built with ``grid=True`` and refused by any other
+        window head: 1-D windows over the flattened patches would silently ignore the 2-D layout.
+        """
+        if grid_size is not None and not self.grid:
+            raise ValueError(
+                f"window pooler built with grid=False got grid_size={tuple(grid_size)}; build it with grid=True "
+                "to pool k x k patch bins, or pass grid_size=None for 1-D windows over the tokens"
+            )
         token_mask = real_token_mask(hidden_states, attention_mask, num_prefix_tokens)
         if self.mode == "sliding":
             features = sliding_window_features(
@@ -265,8 +297,9 @@ class WindowPooler(Pooler):
         elif self.grid:
             if grid_size is None:
                 raise ValueError("window pooler built with grid=True needs grid_size=(h, w) at forward")
+            grid_start = patch_grid_start(attention_mask, num_prefix_tokens)
             features = grid_window_features(
-                hidden_states, token_mask, num_prefix_tokens, tuple(grid_size), self.levels, self.reduce
+                hidden_states, token_mask, num_prefix_tokens, tuple(grid_size), self.levels, self.reduce, grid_start
             )
         else:
             features = adaptive_window_features(hidden_states, token_mask, self.levels, self.reduce)

@@ -7,15 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
+from accelerate import Accelerator, DataLoaderConfiguration
 
 from ..config import DataConfig, load_config
 from ..data.inputs import encode_split, example_lengths, make_collator
-from ..data.sampling import length_sorted_batches
+from ..data.sampling import FixedBatches, length_sorted_batches
 from ..data.sources import load_splits
 from ..errors import PoolftError
+from ..models.prediction import text_max_length
 from ..models.saved_models import load_saved_classifier
 from .run_folder import CONFIG_FILE
 
@@ -26,22 +25,24 @@ def eval_data_config(model_dir: str, config_path: str | None, overrides: dict[st
         config_path = str(Path(model_dir) / CONFIG_FILE)
     data = load_config(config_path).data if config_path else DataConfig()
     fields = {f.name for f in dataclasses.fields(DataConfig)}
-    return dataclasses.replace(
-        data,
-        data_files=None if "path" in overrides else data.data_files,
-        **{k: v for k, v in overrides.items() if k in fields},
-    )
+    # other data: the training files and the text column(s) chosen from them do not apply
+    other_data = {"data_files": None, "text_column": None, "text_pair_column": None} if "path" in overrides else {}
+    return dataclasses.replace(data, **{**other_data, **{k: v for k, v in overrides.items() if k in fields}})
 
 
 def evaluate_saved_model(
     model_dir: str, config_path: str | None, overrides: dict[str, Any], batch_size: int = 64
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, loss and throughput of ``model_dir`` on the configured evaluation split."""
-    from .loop import FixedBatches, evaluate_model
+    from .loop import evaluate_model, sharded_loader
 
     model, preprocessor, task = load_saved_classifier(model_dir)
     data = eval_data_config(model_dir, config_path, overrides)
     splits = load_splits(data, need_train=False)
+    data = splits.data  # text column(s) chosen from the data when unset
+    max_length = text_max_length(model.config, preprocessor) if task == "text" else None
+    if max_length is not None:  # truncate as training did (the saved tokenizer's length, within the positions)
+        data = dataclasses.replace(data, max_length=max_length)
     if splits.task != task:
         raise PoolftError(
             f"model {model_dir} is a {task} model but split {data.eval_split!r} is {splits.task} data; "
@@ -58,13 +59,10 @@ def evaluate_saved_model(
     split = splits.eval.map(lambda b: {"labels": [remap[i] for i in b["labels"]]}, batched=True)
     encoded = encode_split(split, preprocessor, task, data, data.eval_split)
     lengths = example_lengths(encoded, task) or [0] * len(encoded)
-    loader = DataLoader(
-        encoded,
-        batch_sampler=FixedBatches(length_sorted_batches(lengths, batch_size), batch_size),
-        collate_fn=make_collator(preprocessor, task),
-        generator=torch.Generator(),
-    )
-    accelerator = Accelerator()
+    # each process evaluates its share of every batch (see ShardedBatches); each sample counts once
+    accelerator = Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True))
+    batches = FixedBatches(length_sorted_batches(lengths, batch_size))
+    loader = sharded_loader(encoded, batches, make_collator(preprocessor, task), accelerator.num_processes)
     model, loader = accelerator.prepare(model, loader)
     started = time.perf_counter()
     metrics = evaluate_model(model, loader, accelerator)

@@ -12,6 +12,8 @@ OOM killer. Unset (always, outside tests), ``maybe_fail`` only reads one environ
     POOLFT_FAULT_AT=checkpoint:9    while the step-9 checkpoint is half written (no manifest yet)
 
 The points are ``step``, ``eval`` and ``checkpoint``; counter is the global step in each case.
+With several processes every process that reaches the point dies, unless ``POOLFT_FAULT_RANK``
+names the one that should (its ``RANK``, as torchrun and ``accelerate launch`` set it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import signal
 
 ENVIRONMENT_VARIABLE = "POOLFT_FAULT_AT"
+RANK_VARIABLE = "POOLFT_FAULT_RANK"
 POINTS = ("step", "eval", "checkpoint")
 
 
@@ -44,6 +47,9 @@ def maybe_fail(point: str, counter: int) -> None:
     """SIGKILL this process if ``POOLFT_FAULT_AT`` asks for ``point`` at ``counter``."""
     spec = os.environ.get(ENVIRONMENT_VARIABLE)
     if not spec or (point, counter) not in parse_fault_spec(spec):
+        return
+    rank = os.environ.get(RANK_VARIABLE)
+    if rank is not None and rank != os.environ.get("RANK", "0"):
         return
     # one line on stderr so a test can tell an injected crash from a real one
     os.write(2, f"poolft: fault injection: SIGKILL at {point}:{counter}\n".encode())

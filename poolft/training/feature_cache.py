@@ -4,7 +4,13 @@ With ``train.feature_cache`` the backbone runs once over each split (eval mode, 
 its last-layer states are stored ragged -- ``states.npy`` ``(total_tokens, hidden)`` plus
 ``offsets.npy`` ``(examples + 1,)`` and ``labels.npy`` -- so padding costs no disk. Every head then
 trains on the cache: a five-head sweep costs one backbone pass plus five cheap head trainings.
-The cache key covers the backbone weights, the encoded data's fingerprint and the dtype.
+
+The cache folder is named by a digest of everything the states depend on (``cache_key``): the
+encoder's weights (whatever folder, Hub id or revision they came from) and config, the attention
+kernel, the selected layers, the compute dtype (autocast) and device type, the storage dtype, the
+preprocessor's settings, the encoded split's ``datasets`` fingerprint (which covers the
+tokenization, max length and image resize/crop), torch/transformers versions and a format version.
+It is only a cache: the key never enters a run's config, results or identity.
 """
 
 from __future__ import annotations
@@ -18,15 +24,19 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..data.sampling import length_sorted_batches
+from ..errors import PoolftError
 from ..models.modeling import patch_grid
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "poolft" / "features"
+# bump when the stored layout or the way states are computed changes (2: per-state cache key)
+CACHE_FORMAT = 2
 
 
 def weights_digest(folder: str) -> str:
@@ -44,9 +54,67 @@ def weights_digest(folder: str) -> str:
     return digest.hexdigest()
 
 
-def cache_folder(root: str | None, backbone_digest: str, split: Dataset, dtype: str) -> Path:
-    key = hashlib.sha256(f"{backbone_digest}|{split._fingerprint}|{dtype}|v1".encode()).hexdigest()[:24]
-    return Path(root or DEFAULT_CACHE_DIR) / key
+def encoder_digest(encoder: nn.Module) -> str:
+    """sha256 over the encoder's parameters and buffers: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict(keep_vars=False).items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def preprocessor_settings(preprocessor: Any) -> dict[str, Any]:
+    """What of the tokenizer or image processor reaches the states, as JSON-ready values.
+
+    An image processor's full ``to_dict()`` (size, crop, resample, rescale, mean/std); for a
+    tokenizer its class, padding side and pad id (the token ids themselves are in the split's
+    fingerprint).
+    """
+    if hasattr(preprocessor, "padding_side"):  # a tokenizer
+        return {
+            "class": type(preprocessor).__name__,
+            "padding_side": preprocessor.padding_side,
+            "pad_token_id": preprocessor.pad_token_id,
+        }
+    settings = preprocessor.to_dict() if hasattr(preprocessor, "to_dict") else vars(preprocessor)
+    return {"class": type(preprocessor).__name__, **json.loads(json.dumps(settings, sort_keys=True, default=str))}
+
+
+def cache_key(
+    model: Any,
+    preprocessor: Any,
+    *,
+    storage_dtype: str,
+    autocast_dtype: torch.dtype | None,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    """Everything the cached states of a split depend on, besides the split itself.
+
+    Returns a JSON-ready dict; ``cache_folder`` adds the split's fingerprint and hashes it.
+    """
+    encoder_config = model.config.encoder_config.to_dict()
+    for unrelated in ("_name_or_path", "transformers_version", "architectures", "id2label", "label2id"):
+        encoder_config.pop(unrelated, None)
+    return {
+        "format": CACHE_FORMAT,
+        "encoder_weights": encoder_digest(model.encoder),
+        "encoder_config": json.loads(json.dumps(encoder_config, sort_keys=True, default=str)),
+        "attn_implementation": getattr(model.encoder.config, "_attn_implementation", None),
+        "hidden_layers": list(model.config.hidden_layers),
+        "layer_combine": model.config.layer_combine,
+        "compute_dtype": str(autocast_dtype) if autocast_dtype is not None else "none",
+        "device": torch.device(device).type,
+        "storage_dtype": storage_dtype,
+        "preprocessor": preprocessor_settings(preprocessor),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def cache_folder(root: str | None, key: dict[str, Any], split: Dataset) -> Path:
+    """``root/<digest>``: one folder per (cache key, split fingerprint)."""
+    text = json.dumps({**key, "split": split._fingerprint}, sort_keys=True)
+    return Path(root or DEFAULT_CACHE_DIR) / hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 @torch.no_grad()
@@ -88,11 +156,13 @@ def compute_states(
 
 def encode_batch(model: Any, batch: dict[str, torch.Tensor], task: str):
     """Encoder states ``(batch, tokens, hidden)``, the real-token mask and the token layout."""
+    all_layers = model.wants_all_layers()
     if task == "text":
-        states = model.selected_states(model.encoder(**batch))
+        states = model.selected_states(model.encoder(**batch, output_hidden_states=all_layers))
         return states, batch["attention_mask"].bool(), {"num_prefix_tokens": 0, "grid_size": None}
     pixel_values = batch["pixel_values"]
-    states = model.selected_states(model.encoder(pixel_values, **model.encoder_kwargs(pixel_values)))
+    encoded = model.encoder(pixel_values, output_hidden_states=all_layers, **model.encoder_kwargs(pixel_values))
+    states = model.selected_states(encoded)
     grid = patch_grid(pixel_values, model.config.encoder_config.patch_size)
     layout = {"num_prefix_tokens": states.size(1) - grid[0] * grid[1], "grid_size": list(grid)}
     return states, torch.ones(states.shape[:2], dtype=torch.bool), layout
@@ -108,6 +178,7 @@ def build_cache(
     batch_size: int,
     dtype: str,
     autocast_dtype: torch.dtype | None = None,
+    key: dict[str, Any] | None = None,
 ) -> Path:
     """Write the cache for one split atomically (temporary folder, then rename); reuse if present."""
     if (folder / "meta.json").is_file():
@@ -125,6 +196,7 @@ def build_cache(
         "hidden": int(states.shape[1]),
         "dtype": dtype,
         **layout,
+        "key": key or {},  # what the folder name is a digest of, for inspection
     }
     (temporary / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     if folder.exists():
@@ -194,9 +266,11 @@ class HeadOnCachedStates(nn.Module):
         self.grid_size = tuple(layout["grid_size"]) if layout.get("grid_size") else None
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
-        mask = None if self.grid_size else attention_mask
+        mask = None if self.grid_size else attention_mask  # images: every cached token is real
+        pooler = self.full_model[0].pooler
+        grid_size = self.grid_size if pooler.uses_grid else None  # other heads ignore or refuse a grid
         loss, logits = self.full_model[0].classify(
-            hidden_states, mask, labels, num_prefix_tokens=self.num_prefix_tokens, grid_size=self.grid_size
+            hidden_states, mask, labels, num_prefix_tokens=self.num_prefix_tokens, grid_size=grid_size
         )
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -209,14 +283,25 @@ def cached_loader_inputs(
     lengths: tuple[list[int] | None, ...],
     root: str | None,
     dtype: str,
-    backbone: str,
+    preprocessor: Any,
     autocast_dtype: torch.dtype | None = None,
 ) -> list[CachedStates]:
-    """Build (or reuse) the cache of each split; returns one memory-mapped dataset per split."""
-    digest = weights_digest(backbone)
+    """Build (or reuse) the cache of each split; returns one memory-mapped dataset per split.
+
+    Raises:
+        PoolftError: a learned (``weighted``) layer combination, which sits before the cached
+            states and so could not be trained on them.
+    """
+    if model.config.layer_combine == "weighted" and len(model.config.hidden_layers) > 1:
+        raise PoolftError(
+            "train.feature_cache cannot train model.layer_combine=weighted (the layer weights sit before the "
+            "cached states); use layer_combine mean or train.feature_cache false"
+        )
+    device = next(model.parameters()).device
+    key = cache_key(model, preprocessor, storage_dtype=dtype, autocast_dtype=autocast_dtype, device=device)
     caches = []
     for split, split_lengths in zip(splits, lengths, strict=True):
-        folder = cache_folder(root, digest, split, dtype)
-        build_cache(model, split, collator, task, split_lengths, folder, 64, dtype, autocast_dtype)
+        folder = cache_folder(root, key, split)
+        build_cache(model, split, collator, task, split_lengths, folder, 64, dtype, autocast_dtype, key)
         caches.append(CachedStates(folder))
     return caches

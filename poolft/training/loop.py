@@ -4,6 +4,13 @@
 canonical loop (``accumulate`` -> ``backward`` -> clip -> step) with evaluation, checkpoints and
 logging as small helpers. It runs unchanged on one process, under ``torchrun`` or ``accelerate
 launch``; ``train.batch_size`` is the global batch, split across processes.
+
+Exact rule on N processes: every global batch is cut into N shares by ``ShardedBatches``
+(``poolft/data/sampling.py``); a short batch's shares are filled with weight-0 copies. A share
+whose global batch is whole uses the model's own (mean) loss; otherwise its loss is
+``N / real_rows * sum(loss of its real rows)``, so DDP's gradient average is the gradient of the
+mean loss over the global batch's real rows: the same optimiser step as one process, each row once
+per epoch. Evaluation gathers every share and keeps the real rows, so each sample counts once.
 """
 
 from __future__ import annotations
@@ -12,21 +19,31 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, config_to_yaml
+from ..data.images import processor_for_image_size
 from ..data.inputs import encode_split, example_lengths, make_collator
-from ..data.sampling import ShuffledBatchSampler, length_sorted_batches
+from ..data.sampling import (
+    BATCH_ROWS,
+    ROW_WEIGHTS,
+    FixedBatches,
+    KeyedRows,
+    ShardedBatches,
+    ShuffledBatchSampler,
+    WeightedCollator,
+    length_sorted_batches,
+)
 from ..data.sources import HeldOutRows, load_splits
 from ..errors import PoolftError
 from ..metrics import classification_metrics
@@ -67,19 +84,6 @@ class RunInputs:
         return self.trainable if self.trainable is not None else self.model
 
 
-class FixedBatches(Sampler[list[int]]):
-    """A precomputed list of batches (``batch_size`` is what Accelerate's sharding reads)."""
-
-    def __init__(self, batches: list[list[int]], batch_size: int) -> None:
-        self.batches, self.batch_size = batches, batch_size
-
-    def __iter__(self):
-        yield from self.batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def resolve_mixed_precision(requested: str) -> str:
     """``auto`` -> bf16 where the hardware runs it fast, else full precision."""
     if requested != "auto":
@@ -100,6 +104,14 @@ def build_accelerator(config: RunConfig) -> Accelerator:
     # accumulation settings but keep the process group
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    if train.distributed_timeout_seconds <= 0:
+        raise PoolftError(
+            f"train.distributed_timeout_seconds={train.distributed_timeout_seconds} must be positive; "
+            "give the seconds a process waits for the others before the run fails (default 1800)"
+        )
+    # the process group is created once per process (a sweep's later runs reuse it). Not through
+    # InitProcessGroupKwargs: its to_kwargs() drops a timeout equal to its NCCL default (600 s).
+    PartialState(cpu=not has_accelerator(), timeout=timedelta(seconds=train.distributed_timeout_seconds))
     try:
         accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(train.mixed_precision),
@@ -113,11 +125,6 @@ def build_accelerator(config: RunConfig) -> Accelerator:
         raise PoolftError(
             f"cannot set up Accelerate ({str(error).splitlines()[0]}); check train.mixed_precision / trackers"
         ) from None
-    if train.batch_size % accelerator.num_processes:
-        raise PoolftError(
-            f"train.batch_size={train.batch_size} is the global batch and must divide evenly over "
-            f"{accelerator.num_processes} processes; pick a multiple of {accelerator.num_processes}"
-        )
     return accelerator
 
 
@@ -143,15 +150,18 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
     backbone_config = backbones.load_backbone_config(backbone, config.model)
     with accelerator.main_process_first():
         splits = load_splits(config.data)
+        config.data = splits.data  # text column(s) chosen from the data: config.yaml records them
         backbones.check_modality(backbone, backbone_config, splits.task)
         preprocessor = backbones.load_preprocessor(backbone, splits.task, config.model)
-        if splits.task == "image" and config.data.image_size:
-            # saved with the model, so predict/eval/pipeline resize to the trained size
-            preprocessor.size = {"height": config.data.image_size, "width": config.data.image_size}
+        if splits.task == "image":
+            # saved with the model, so predict/eval/pipeline resize and crop as training did
+            preprocessor = processor_for_image_size(preprocessor, config.data.image_size)
         if splits.task == "text":
             from ..data.text import check_max_length
 
             check_max_length(config.data, preprocessor, backbones.max_positions(backbone_config))
+            # saved with the model, so predict/eval/pipeline(truncation=True) truncate as training does
+            preprocessor.model_max_length = config.data.max_length
         holdout = splits.holdout
         if holdout is not None:
             # encode the whole training split once (shared with the full-split runs), then select rows
@@ -210,7 +220,7 @@ def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Acceler
             lengths,
             config.train.feature_cache_dir,
             config.train.feature_cache_dtype,
-            inputs.backbone,
+            inputs.preprocessor,
             autocast_dtype,
         )
     if inputs.holdout is not None:
@@ -237,7 +247,26 @@ def accelerator_free(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def make_loaders(config: RunConfig, inputs: RunInputs) -> tuple[DataLoader, DataLoader, ShuffledBatchSampler]:
+def sharded_loader(
+    dataset: Any, batches: Any, collate: Any, num_processes: int, *, num_workers: int = 0, seed: int = 0
+) -> DataLoader:
+    """A loader of ``batches`` (a batch sampler) whose global batches ``ShardedBatches`` cuts into shares.
+
+    Prepare it with ``split_batches=True``: process ``r`` then reads share ``r`` of every batch,
+    with ``row_weights`` and ``batch_rows`` beside the model inputs.
+    """
+    return DataLoader(
+        KeyedRows(dataset),
+        batch_sampler=ShardedBatches(batches, num_processes),
+        collate_fn=WeightedCollator(collate),
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def make_loaders(
+    config: RunConfig, inputs: RunInputs, num_processes: int
+) -> tuple[DataLoader, DataLoader, ShuffledBatchSampler]:
     """Training loader (seeded, length-grouped batches) and evaluation loader (length-sorted)."""
     train_lengths, eval_lengths = run_lengths(inputs)
     train_sampler = ShuffledBatchSampler(
@@ -248,23 +277,31 @@ def make_loaders(config: RunConfig, inputs: RunInputs) -> tuple[DataLoader, Data
         group_by_length=config.data.group_by_length,
     )
     eval_lengths = eval_lengths or [0] * len(inputs.eval_set)
-    eval_batches = FixedBatches(
-        length_sorted_batches(eval_lengths, config.train.eval_batch_size), config.train.eval_batch_size
-    )
-    common = {"num_workers": config.data.num_workers, "generator": torch.Generator().manual_seed(config.train.seed)}
-    train_loader = DataLoader(
-        inputs.train_set,
-        batch_sampler=train_sampler,
-        collate_fn=run_collator(inputs, augment=config.data.augment),
-        **common,
-    )
-    eval_loader = DataLoader(
-        inputs.eval_set,
-        batch_sampler=eval_batches,
-        collate_fn=run_collator(inputs, augment=False),
-        **common,
-    )
+    eval_batches = FixedBatches(length_sorted_batches(eval_lengths, config.train.eval_batch_size))
+    common = {"num_workers": config.data.num_workers, "seed": config.train.seed}
+    train_collator = run_collator(inputs, augment=config.data.augment)
+    train_loader = sharded_loader(inputs.train_set, train_sampler, train_collator, num_processes, **common)
+    eval_collator = run_collator(inputs, augment=False)
+    eval_loader = sharded_loader(inputs.eval_set, eval_batches, eval_collator, num_processes, **common)
     return train_loader, eval_loader, train_sampler
+
+
+def share_loss(
+    outputs: Any, batch: dict[str, Any], weights: torch.Tensor, batch_rows: int, num_processes: int
+) -> torch.Tensor:
+    """This process's loss: DDP's average of its gradients is the mean-loss gradient of the global batch.
+
+    ``weights`` ``(share,)`` marks real rows (1) and fillers (0); ``batch_rows`` counts the real rows
+    of the global batch. A whole global batch keeps the model's own loss (so one process is
+    unchanged); otherwise the per-row cross-entropy (what transformers computes for single-label
+    classification, poolft's only task) of the real rows, summed, times ``num_processes / batch_rows``.
+    """
+    if batch_rows == weights.numel() * num_processes:
+        return outputs.loss
+    logits = outputs.logits.float()
+    per_row = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch["labels"].view(-1), reduction="none")
+    # where, not a product: a filler copy's NaN must not leak into the sum
+    return torch.where(weights > 0, per_row, 0.0).sum() * (num_processes / batch_rows)
 
 
 def evaluate_model(model: Any, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
@@ -274,12 +311,16 @@ def evaluate_model(model: Any, loader: DataLoader, accelerator: Accelerator) -> 
     predictions, references, losses = [], [], []
     with torch.no_grad():
         for batch in loader:
+            weights = batch.pop(ROW_WEIGHTS)
+            batch.pop(BATCH_ROWS)
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
             loss = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
-            gathered = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"], loss))
-            predictions.append(gathered[0].cpu())
-            references.append(gathered[1].cpu())
-            losses.append(gathered[2].float().cpu())
+            # every share has the same size: gather all of them, then keep the real rows only
+            gathered = accelerator.gather((logits.argmax(dim=-1), batch["labels"], loss, weights))
+            real = gathered[3] > 0
+            predictions.append(gathered[0][real].cpu())
+            references.append(gathered[1][real].cpu())
+            losses.append(gathered[2][real].float().cpu())
     for module, training in modes.items():  # back to the caller's modes (a frozen encoder stays in eval)
         module.training = training
     predictions_all, references_all = torch.cat(predictions), torch.cat(references)
@@ -348,7 +389,7 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     if config.train.torch_threads:
         torch.set_num_threads(config.train.torch_threads)
     model = inputs.module_to_train
-    train_loader, eval_loader, train_sampler = make_loaders(config, inputs)
+    train_loader, eval_loader, train_sampler = make_loaders(config, inputs, accelerator.num_processes)
     steps_per_epoch = math.ceil(len(train_loader) / config.train.gradient_accumulation_steps)
     total_steps = config.train.max_steps or math.ceil(config.train.epochs * steps_per_epoch)
     optimizer = build_optimizer(model, config.train)
@@ -384,8 +425,9 @@ def run_training(config: RunConfig) -> dict[str, Any]:
             loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
         step_started = time.perf_counter()
         for batch in loader:
+            weights, batch_rows = batch.pop(ROW_WEIGHTS), batch.pop(BATCH_ROWS)
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = share_loss(model(**batch), batch, weights, batch_rows, accelerator.num_processes)
                 mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
                 finite = bool(torch.isfinite(mean_loss))
                 if finite:
@@ -405,9 +447,8 @@ def run_training(config: RunConfig) -> dict[str, Any]:
                 handle_nonfinite(config, state, output_dir)
             state.batches_in_epoch += 1
             state.accumulate_calls += 1
-            batch_samples = batch["labels"].numel() * accelerator.num_processes
-            state.samples_seen += batch_samples
-            window_samples += batch_samples
+            state.samples_seen += batch_rows  # real rows only: fillers are not samples
+            window_samples += batch_rows
             window_loss += float(mean_loss) if finite else 0.0
             window_batches += 1 if finite else 0
             if not accelerator.sync_gradients:
@@ -548,6 +589,7 @@ def run_summary(
         "mixed_precision": accelerator.mixed_precision,
         "task": inputs.task,
         "backbone": inputs.backbone,
+        "head": backbones.describe_head(inputs.model),
         "label_names": inputs.label_names,
         "train_size": len(inputs.train_set),
         "eval_size": len(inputs.eval_set),

@@ -17,7 +17,12 @@ from .checkpoints import checkpoint_problem
 
 CONFIG_FILE = "config.yaml"
 # keys that may differ between the runs sharing one folder (continuing is the same run)
-NEUTRAL_KEYS = {("train", "resume_from_checkpoint"), ("train", "overwrite_output_dir"), ("train", "progress")}
+NEUTRAL_KEYS = {
+    ("train", "resume_from_checkpoint"),
+    ("train", "overwrite_output_dir"),
+    ("train", "progress"),
+    ("train", "distributed_timeout_seconds"),  # how long to wait for a peer: the same run either way
+}
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -25,6 +30,20 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     for section, key in NEUTRAL_KEYS:
         copy.get(section, {}).pop(key, None)
     return copy
+
+
+def with_chosen_columns(config: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the text column(s) the run in the folder chose from its data, where unset.
+
+    An unset ``data.text_column`` is chosen from the data when the run starts and written to
+    ``config.yaml``; the same data gives the same choice, so continuing that run is not a different run.
+    """
+    data, chosen = dict(config.get("data", {})), previous.get("data") or {}
+    if data.get("text_column") is None:
+        data["text_column"] = chosen.get("text_column")
+        if data.get("text_pair_column") is None:
+            data["text_pair_column"] = chosen.get("text_pair_column")
+    return {**config, "data": data}
 
 
 def prepare_output_dir(config: RunConfig) -> Path:
@@ -52,7 +71,7 @@ def prepare_output_dir(config: RunConfig) -> Path:
                 previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError:
                 previous = {}
-            if comparable(previous) != comparable(config.to_dict()):
+            if comparable(previous) != comparable(with_chosen_columns(config.to_dict(), previous)):
                 raise PoolftError(
                     f"output_dir {folder} holds a different run; choose another train.output_dir or pass "
                     "--overwrite_output_dir true"

@@ -146,7 +146,7 @@ def test_missing_column_names_the_existing_ones(tmp_path):
     with pytest.raises(
         PoolftError, match=r"column 'sentence' not in split 'train' \(columns: text, label\); set data.text_column"
     ):
-        load_splits(DataConfig(data_files=files))
+        load_splits(DataConfig(data_files=files, text_column="sentence"))
     with pytest.raises(
         PoolftError, match=r"column 'lable' not in split 'train' \(columns: text, label\); set data.label_column"
     ):
@@ -196,14 +196,17 @@ def test_all_none_text_column_tokenizes(tokenizer):
     assert encoded["length"] == [2, 2]
 
 
-def test_left_padding_and_truncation(tokenizer):
+def test_truncation_and_right_padding_under_a_left_padding_tokenizer(tokenizer):
     texts = ["the actors were not bad but the ending was really the worst", "loved it"]
     split = Dataset.from_dict({"text": texts, "labels": [0, 1]})
     encoded = tokenize_split(split, tokenizer, DataConfig(text_column="text", max_length=6), "train")
     assert max(encoded["length"]) == 6
     tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path, padding_side="left")
+    assert tokenizer.pad(list(encoded), return_tensors="pt")["attention_mask"][1, 0] == 0  # it pads left itself
     batch = TextCollator(tokenizer)(list(encoded))
-    assert batch["attention_mask"].tolist() == [[1] * 6, [0, 0, 1, 1, 1, 1]]
+    # ... poolft pads on the right all the same: an encoder counts positions from the first column
+    assert batch["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0]]
+    assert batch["input_ids"][1, :4].tolist() == encoded[1]["input_ids"]
 
 
 def test_non_text_column_is_an_error(tokenizer):

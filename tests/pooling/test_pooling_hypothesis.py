@@ -135,10 +135,10 @@ def check_case(spec, case, extra_columns: bool):
     assert out.dtype == dtype
     assert torch.isfinite(out).all()
 
-    readable = mask.bool().clone()
-    if spec[0] != "cls":  # cls reads the first real token even if it is a prefix token
-        readable[:, :prefix] = False
-    empty = ~readable.any(dim=1)
+    # cls reads the first real token even if it is a prefix token; the other heads skip each row's
+    # first ``prefix`` real tokens, so a row needs more than ``prefix`` of them
+    real_count = mask.bool().sum(dim=1)
+    empty = real_count == 0 if spec[0] == "cls" else real_count <= prefix
     assert torch.equal(out[empty], torch.zeros_like(out[empty]))
 
     value = fill_value(case["fill"], dtype)
@@ -168,3 +168,90 @@ def test_sequence_heads_random_batches(spec, case):
 @given(case=grid_cases())
 def test_grid_window_random_batches(spec, case):
     check_case(spec, case, extra_columns=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# random masks with prefixes against the plain-loop references (fp32), and padding-side invariance
+# ----------------------------------------------------------------------------------------------
+
+
+@st.composite
+def padded_rows(draw, tokens: int, prefix: int) -> list[tuple[int, list[bool]]]:
+    """Rows of real-token patterns (holes allowed) with a left-padding amount each."""
+    rows = []
+    for _ in range(draw(st.integers(1, 4))):
+        length = draw(st.integers(0, tokens))
+        pattern = draw(st.lists(st.booleans(), min_size=length, max_size=length))
+        pattern = [True] * min(prefix, length) + pattern[min(prefix, length) :]  # the prefix is real
+        rows.append((tokens - length, pattern))
+    return rows
+
+
+def as_masks(rows: list[tuple[int, list[bool]]], tokens: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The same rows padded on the left and on the right: ``(left, right)`` masks."""
+    left = [[0] * pad + [int(v) for v in pattern] for pad, pattern in rows]
+    right = [[int(v) for v in pattern] + [0] * pad for pad, pattern in rows]
+    return left, right
+
+
+def as_states(x: torch.Tensor, rows: list[tuple[int, list[bool]]]) -> torch.Tensor:
+    """Right-padded states ``x`` moved to the left padding of ``rows`` (padding columns rotated)."""
+    return torch.stack([torch.roll(x[b], shifts=pad, dims=0) for b, (pad, _) in enumerate(rows)])
+
+
+def check_reference_and_padding_side(spec, rows, tokens, prefix, grid_size, seed):
+    from test_pooling_reference import reference  # the plain-loop references (tests/pooling)
+
+    head = get_head(spec, torch.float32)
+    left, right = as_masks(rows, tokens)
+    x = torch.randn(len(rows), tokens, HIDDEN, generator=torch.Generator().manual_seed(seed))
+    kwargs = {"num_prefix_tokens": prefix, "grid_size": grid_size}
+    with torch.no_grad():
+        out_right = head(x, torch.tensor(right), **kwargs)
+        out_left = head(as_states(x, rows), torch.tensor(left), **kwargs)
+    for mask, states, out in ((right, x, out_right), (left, as_states(x, rows), out_left)):
+        expected = reference(head, states, mask, prefix, grid_size)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_left, out_right, rtol=1e-5, atol=1e-6)
+
+
+@st.composite
+def prefix_cases(draw):
+    tokens = draw(st.integers(1, 16))
+    prefix = draw(st.integers(0, min(2, tokens)))
+    return {
+        "rows": draw(padded_rows(tokens, prefix)),
+        "tokens": tokens,
+        "prefix": prefix,
+        "seed": draw(st.integers(0, 99)),
+    }
+
+
+@st.composite
+def grid_prefix_cases(draw):
+    grid_size = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    prefix = draw(st.integers(1, 2))  # the prefix anchors a padded row's grid
+    tokens = prefix + grid_size[0] * grid_size[1]
+    return {
+        "rows": draw(padded_rows(tokens, prefix)),
+        "tokens": tokens,
+        "prefix": prefix,
+        "grid_size": grid_size,
+        "seed": draw(st.integers(0, 99)),
+    }
+
+
+@pytest.mark.parametrize("spec", SEQUENCE_HEADS, ids=head_id)
+@SETTINGS
+@given(case=prefix_cases())
+def test_sequence_heads_match_reference_on_left_and_right_padding(spec, case):
+    check_reference_and_padding_side(spec, case["rows"], case["tokens"], case["prefix"], None, case["seed"])
+
+
+@pytest.mark.parametrize("spec", GRID_HEADS, ids=head_id)
+@SETTINGS
+@given(case=grid_prefix_cases())
+def test_grid_window_matches_reference_on_left_and_right_padding(spec, case):
+    check_reference_and_padding_side(
+        spec, case["rows"], case["tokens"], case["prefix"], case["grid_size"], case["seed"]
+    )

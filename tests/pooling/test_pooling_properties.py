@@ -95,10 +95,15 @@ def forward(head, x, mask, **kwargs):
 
 
 def readable(spec, mask, prefix):
-    """Positions a head may read: cls reads real tokens including the prefix, the others skip it."""
+    """Positions a head may read: cls reads real tokens including the prefix, the others skip it.
+
+    The prefix is each row's first ``prefix`` real tokens (counted from the first real token).
+    """
     readable = mask.bool().clone()
     if spec[0] != "cls":
-        readable[:, :prefix] = False
+        for b in range(len(mask)):
+            for t in [t for t in range(mask.size(1)) if mask[b, t] != 0][:prefix]:
+                readable[b, t] = False
     return readable
 
 
@@ -370,6 +375,37 @@ def test_unknown_option_raises(name):
 def test_invalid_option_values_raise(name, options):
     with pytest.raises(ValueError):
         build_pooler(name, HIDDEN, **options)
+
+
+@pytest.mark.parametrize("options", [{}, {"mode": "sliding"}, {"grid": False, "levels": (1, 2), "project": False}])
+def test_window_without_grid_refuses_a_grid_size(options):
+    """The issue's case: a grid passed to a 1-D window head is refused in one line, never dropped."""
+    head = make_head(("window", options))
+    assert not head.uses_grid
+    x = torch.randn(2, 16, HIDDEN)
+    with pytest.raises(ValueError, match="grid=True") as error:
+        head(x, None, num_prefix_tokens=1, grid_size=(3, 5))
+    assert "\n" not in str(error.value)
+    assert forward(head, x, None, num_prefix_tokens=1).shape == (2, head.output_dim)
+
+
+def test_grid_window_uses_the_grid():
+    head = make_head(("window", {"grid": True, "levels": (1, 2), "project": False}))
+    assert head.uses_grid
+    out = forward(head, torch.randn(2, 16, HIDDEN), None, num_prefix_tokens=1, grid_size=(3, 5))
+    assert out.shape == (2, HIDDEN * 5)  # 1 + 4 bins
+
+
+@pytest.mark.parametrize("spec", [s for s in SEQUENCE_HEADS if s[0] != "window"], ids=head_id)
+def test_order_free_heads_ignore_grid_size(spec):
+    """Heads whose result does not depend on the token order accept a grid and give the same result."""
+    head = make_head(spec)
+    assert not head.uses_grid
+    x = torch.randn(BATCH, 16, HIDDEN)
+    mask = torch.ones(BATCH, 16, dtype=torch.long)
+    mask[1, 12:] = 0
+    expected = forward(head, x, mask, num_prefix_tokens=1)
+    assert torch.equal(forward(head, x, mask, num_prefix_tokens=1, grid_size=(3, 5)), expected)
 
 
 def test_grid_head_needs_matching_grid_size():

@@ -42,6 +42,23 @@ MASKS = {
         [1, 1, 1, 1, 1, 0, 1, 1, 1, 1],
         [0, 0, 0, 1, 0, 0, 0, 0, 0, 0],
     ],
+    # left padding with the prefix after the padding (what a left-padding tokenizer makes): the
+    # prefix is each row's first real tokens, wherever the row starts
+    "left_prefix": [
+        [1] * 10,
+        [0] * 2 + [1] * 8,
+        [0] * 5 + [1] * 5,
+        [0] * 7 + [1] * 3,
+        [0] * 8 + [1] * 2,
+    ],
+    # left- and right-padded rows (and interior holes) in one batch
+    "mixed": [
+        [0, 0, 0, 1, 1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [0, 1, 1, 0, 1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 1, 1, 1, 1],
+        [1] * 10,
+    ],
     # an all-padding row, a row whose only real tokens are (for prefix 2) the prefix, short rows
     "empty_rows": [
         [0] * 10,
@@ -65,9 +82,21 @@ LOW_PRECISION_TOL = {torch.bfloat16: {"rtol": 1.6e-2, "atol": 1.6e-2}, torch.flo
 # ----------------------------------------------------------------------------------------------
 
 
-def real_positions(mask_row: list[int], first: int) -> list[int]:
-    """Positions ``t >= first`` whose mask is nonzero, in order."""
-    return [t for t, m in enumerate(mask_row) if m != 0 and t >= first]
+def real_positions(mask_row: list[int], prefix: int) -> list[int]:
+    """Positions of the row's real tokens after its prefix, in order.
+
+    The prefix is the row's first ``prefix`` real tokens, wherever the row starts (left padding).
+    """
+    real = [t for t, m in enumerate(mask_row) if m != 0]
+    return real[prefix:]
+
+
+def grid_start(mask_row: list[int], prefix: int) -> int:
+    """Position of the row's first patch: right after its last prefix token (0 without a prefix)."""
+    if prefix == 0:
+        return 0
+    real = [t for t, m in enumerate(mask_row) if m != 0]
+    return real[prefix - 1] + 1 if len(real) >= prefix else len(mask_row)
 
 
 def reduce_vectors(vectors: list[torch.Tensor], how: str, hidden: int) -> torch.Tensor:
@@ -211,6 +240,7 @@ def ref_window_grid(x, mask, prefix, grid_size, levels, how):
     assert x.shape[1] == prefix + height * width
     rows = []
     for b in range(batch):
+        start = grid_start(mask[b], prefix)
         feats = []
         for k in levels:
             for bin_row in range(k):
@@ -220,8 +250,8 @@ def ref_window_grid(x, mask, prefix, grid_size, levels, how):
                     members = []
                     for r in range(row_lo, row_hi):
                         for c in range(col_lo, col_hi):
-                            t = prefix + r * width + c
-                            if mask[b][t] != 0:
+                            t = start + r * width + c
+                            if t < len(mask[b]) and mask[b][t] != 0:
                                 members.append(x[b, t])
                     feats.append(reduce_vectors(members, how, hidden))
         rows.append(torch.cat(feats))
@@ -542,6 +572,11 @@ def grid_mask(batch: int, prefix: int, grid_size: tuple[int, int], seed: int) ->
     holes = (torch.rand(batch - 2, height * width, generator=generator) > 0.35).long().tolist()
     rows += [[1] * prefix + hole for hole in holes]  # masked patches
     rows.append([1] * prefix + [0] * (height * width))  # no real patch at all
+    # a row with fewer patches, padded on the left (prefix after the padding) and on the right
+    pad = max(1, height * width // 3) if height * width > 1 else 0
+    patches = holes[0][: height * width - pad] if holes else [1] * (height * width - pad)
+    rows.append([0] * pad + [1] * prefix + patches)
+    rows.append([1] * prefix + patches + [0] * pad)
     return rows
 
 
@@ -576,6 +611,47 @@ def test_window_grid_bins_are_row_major_with_explicit_bounds():
         for cols in ((0, 1, 2), (2, 3, 4)):
             expected.append(sum(r * width + c for r in rows for c in cols) / 6)
     torch.testing.assert_close(out, torch.tensor(expected))
+
+
+def test_window_grid_left_padded_row_starts_after_its_prefix():
+    """A 2x2 grid, prefix 1, row ``[pad, CLS, p0, p1, p2]``: bins hold p0, p1 / p2 / nothing."""
+    head = make_head("window", levels=(2,), reduce="max", project=False, grid=True)
+    values = torch.tensor([1e4, -1.0, 10.0, 11.0, 12.0])
+    x = values.view(1, 5, 1).expand(1, 5, HIDDEN).contiguous()
+    out = head(x, torch.tensor([[0, 1, 1, 1, 1]]), num_prefix_tokens=1, grid_size=(2, 2)).view(4, HIDDEN)[:, 0]
+    assert out.tolist() == [10.0, 11.0, 12.0, 0.0]  # the last cell lies past the row: an absent patch
+    right = torch.tensor([-1.0, 10.0, 11.0, 12.0, 1e4]).view(1, 5, 1).expand(1, 5, HIDDEN).contiguous()
+    same = head(right, torch.tensor([[1, 1, 1, 1, 0]]), num_prefix_tokens=1, grid_size=(2, 2))
+    assert torch.equal(same.view(4, HIDDEN)[:, 0], out)
+
+
+@pytest.mark.parametrize("spec", SEQUENCE_HEADS + [("window", {}), ("window", {"mode": "sliding"})], ids=head_id)
+def test_prefix_is_counted_from_the_first_real_token(spec):
+    """The issue's case: mask ``[0, 0, 1, 1, 1, 1]`` with one prefix token reads positions 3-5 only."""
+    name, options = spec
+    head = make_head(name, **options)
+    mask = [[0, 0, 1, 1, 1, 1]]
+    x = make_states(mask, seed=31)
+    out = run_head(head, x, mask, prefix=1)
+    torch.testing.assert_close(out.double(), reference(head, x, mask, 1), **FP32_TOL)
+    if name == "mean":
+        torch.testing.assert_close(out[0], x[0, 3:].mean(dim=0))
+    if name == "cls":  # the first real token, which is the prefix token
+        assert torch.equal(out[0], x[0, 2]) if not options else True
+    # the same tokens padded on the right give the same result
+    right = torch.cat([x[:, 2:], x[:, :2]], dim=1)
+    torch.testing.assert_close(run_head(head, right, [[1, 1, 1, 1, 0, 0]], prefix=1), out, rtol=1e-6, atol=1e-6)
+
+
+def test_reference_prefix_positions_themselves():
+    """Pin the references' reading of the prefix so they cannot drift with the code under test."""
+    assert real_positions([0, 0, 1, 1, 1, 1], 1) == [3, 4, 5]
+    assert real_positions([1, 0, 1, 1, 0, 1], 2) == [3, 5]
+    assert real_positions([0, 0, 0, 1], 2) == []
+    assert grid_start([0, 1, 1, 1, 1], 1) == 2
+    assert grid_start([0, 1, 0, 1, 1], 2) == 4
+    assert grid_start([0, 0, 1, 1, 1], 0) == 0
+    assert grid_start([0, 0, 0, 0, 1], 2) == 5
 
 
 SLIDING = [

@@ -274,7 +274,45 @@ def test_run_hash_of_recorded_runs_survives_the_fast_kernels_setting() -> None:
     values = config.to_dict()
     for key in ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress", "fast_kernels"):
         values["train"].pop(key)
+    values["train"].pop("distributed_timeout_seconds", None)  # not part of a run's identity
+    values["data"]["text_column"] = "sentence"  # the default then; unset now means "chosen from the data"
     before = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     assert run_hash(config) == before
     config.train.fast_kernels = True  # a different training step: a different run
     assert run_hash(config) != before
+
+
+def test_every_recorded_result_is_recognised_as_done() -> None:
+    """`poolft sweep` skips a run whose result file holds the run_hash of the config it would run.
+
+    Rebuild each recorded run's config from its recipe as the sweep does (head, rate, seed; the
+    rate search's held-out share) and compare with the hash written when it ran, so a changed
+    default (such as data.text_column, now chosen from the data) cannot silently re-run them.
+    """
+    from pathlib import Path
+
+    from poolft.recipes.sweep import head_config, run_hash, with_overrides
+
+    root = Path(__file__).resolve().parents[2]
+    text_tasks = {"sst2": True, "fashion_mnist": False}  # task -> the backbone reads text
+    files = sorted((root / "recipes" / "results").rglob("*.json"))
+    assert len(files) >= 4 * 6 * 3  # 2 tasks x 2 tracks x 6 heads x 3 seeds, plus rate-search runs
+    for path in files:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        task, track = record["task"], record["track"]
+        base = load_config(root / "recipes" / task / f"{track}.yaml")
+        rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
+        config = head_config(base, record["head"], track, text_tasks[task])
+        if path.parent.name == "rate-search":
+            section, key = rate_key.split(".")
+            hyper = record["hyperparameters"]
+            updates = {rate_key: hyper[section][key], "data.holdout_fraction": hyper["data"]["holdout_fraction"]}
+            config = with_overrides(config, {**updates, "train.seed": 0})
+        else:
+            config = with_overrides(config, {rate_key: record["rate"], "train.seed": record["seed"]})
+        config.train.output_dir, config.train.progress = "anywhere", False
+        assert run_hash(config) == record["run_hash"], path.relative_to(root)
+    image_recipe = load_config(root / "recipes" / "fashion_mnist" / "finetune.yaml")
+    assert image_recipe.data.text_column is None  # the new default is what the image runs hash with
+    image_recipe.data.text_column = "text"
+    assert run_hash(image_recipe) != run_hash(load_config(root / "recipes" / "fashion_mnist" / "finetune.yaml"))

@@ -1,4 +1,11 @@
-"""Two processes (torchrun, gloo, MULTI_CPU) train like one process with the same global batch."""
+"""Two processes (torchrun, gloo, MULTI_CPU) train like one process with the same global batch.
+
+Each case runs once with ``python -m poolft train`` and once under ``torchrun --nproc_per_node 2``
+with dropout off, and demands the same rows trained per epoch, the same logged losses and every
+evaluation counting each sample exactly once, with splits that do not cut into even shares: a
+short last training batch, an evaluation split smaller than one batch (or than the process count)
+and several evaluations.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,11 @@ import subprocess
 import sys
 
 import pytest
-from datasets_for_tests import write_sentiment_csv
+from datasets_for_tests import write_image_folder, write_sentiment_csv
+
+from poolft.config import RunConfig
+from poolft.errors import PoolftError
+from poolft.training.loop import build_accelerator
 
 
 def no_dropout_copy(backbone, target):
@@ -27,40 +38,106 @@ def run(command, env):
 
 
 def read_run(folder):
+    """``metrics.json``, the logged training losses and the sample count of each evaluation."""
     log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-    return json.loads((folder / "metrics.json").read_text()), [r["loss"] for r in log if "loss" in r]
+    losses = [r["loss"] for r in log if "loss" in r]
+    return (
+        json.loads((folder / "metrics.json").read_text()),
+        losses,
+        [r["eval_samples"] for r in log if "eval_samples" in r],
+    )
 
 
-def test_two_processes_match_one_process(tmp_path, tiny_bert_dir):
+COMMON = [
+    "--model.classifier_dropout=0",
+    "--train.learning_rate=1e-3",
+    "--train.head_learning_rate=1e-2",
+    "--train.mixed_precision=no",
+    "--train.progress=false",
+]
+
+
+def train_on_one_and_two_processes(tmp_path, arguments):
+    """Run ``arguments`` on 1 process and under torchrun on 2; ``read_run`` of each."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    single, double = tmp_path / "single", tmp_path / "double"
+    run([sys.executable, "-m", "poolft", "train", *COMMON, *arguments, f"--train.output_dir={single}"], env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    run([*torchrun, "-m", "poolft", "train", *COMMON, *arguments, f"--train.output_dir={double}"], env)
+    return read_run(single), read_run(double)
+
+
+def assert_same_training(one_run, two_run, *, steps, rows_per_epoch, epochs, eval_rows, evaluations):
+    (one, one_losses, one_evals), (two, two_losses, two_evals) = one_run, two_run
+    assert one["num_processes"] == 1 and two["num_processes"] == 2
+    # each training row once per epoch: a short last batch is not topped up with rows trained twice
+    assert one["train_samples_seen"] == two["train_samples_seen"] == rows_per_epoch * epochs
+    assert len(one_losses) == len(two_losses) == steps
+    assert two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-5)
+    # every evaluation (not only the first) counts each sample exactly once
+    assert one_evals == two_evals == [eval_rows] * evaluations
+    assert two["final"]["accuracy"] == one["final"]["accuracy"]
+    assert two["final"]["loss"] == pytest.approx(one["final"]["loss"], rel=1e-4)
+
+
+def test_text_on_two_processes_trains_each_row_once_and_evaluates_each_sample_once(tmp_path, tiny_bert_dir):
+    """23 rows in global batches of 4 (last one 3) and 7 evaluation rows in one batch of 8, twice an epoch."""
     backbone = no_dropout_copy(tiny_bert_dir, tmp_path / "backbone")
-    files = write_sentiment_csv(tmp_path / "data", train_size=128, eval_size=47)
+    files = write_sentiment_csv(tmp_path / "data", train_size=23, eval_size=7)
     arguments = [
         f"--data.data_files={json.dumps(files)}",
         "--data.text_column=text",
         f"--model.backbone={backbone}",
-        "--model.classifier_dropout=0",
-        "--train.batch_size=16",
-        "--train.eval_batch_size=10",
+        "--train.batch_size=4",
+        "--train.eval_batch_size=8",
         "--train.epochs=2",
-        "--train.eval_every_steps=5",
-        "--train.learning_rate=1e-3",
-        "--train.head_learning_rate=1e-2",
-        "--train.mixed_precision=no",
-        "--train.progress=false",
+        "--train.eval_every_steps=3",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    single = tmp_path / "single"
-    run([sys.executable, "-m", "poolft", "train", *arguments, f"--train.output_dir={single}"], env)
-    double = tmp_path / "double"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    run([*torchrun, "-m", "poolft", "train", *arguments, f"--train.output_dir={double}"], env)
+    one_run, two_run = train_on_one_and_two_processes(tmp_path, arguments)
+    # 6 steps an epoch; evaluations at steps 3, 6, 6 (end of epoch 1), 9 and 12 (the last step)
+    assert_same_training(one_run, two_run, steps=12, rows_per_epoch=23, epochs=2, eval_rows=7, evaluations=5)
 
-    one, one_losses = read_run(single)
-    two, two_losses = read_run(double)
-    assert two["num_processes"] == 2 and one["num_processes"] == 1
-    assert len(one_losses) == len(two_losses) == 16
-    assert two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-5)
-    # every evaluation sample counted exactly once, although 47 does not split into even batches
-    assert one["final"]["samples"] == two["final"]["samples"] == 47
-    assert two["final"]["accuracy"] == one["final"]["accuracy"]
-    assert two["final"]["loss"] == pytest.approx(one["final"]["loss"], rel=1e-4)
+
+def test_images_on_two_processes_train_each_row_once_with_fewer_eval_rows_than_processes(tmp_path, tiny_vit_dir):
+    """21 images in global batches of 8 (last one 5, shares of 3 + 2) and a 1-image evaluation split."""
+    images = write_image_folder(tmp_path / "images", {"train": 11, "validation": 1})
+    (images / "train" / "light" / "10.png").unlink()
+    (images / "validation" / "light" / "0.png").unlink()
+    arguments = [
+        f"--data.path={images}",
+        f"--model.backbone={tiny_vit_dir}",  # ViT's dropout is 0 by default
+        "--train.batch_size=8",
+        "--train.epochs=2",
+        "--train.eval_every_steps=2",
+    ]
+    one_run, two_run = train_on_one_and_two_processes(tmp_path, arguments)
+    # 3 steps an epoch; evaluations at steps 2, 3 (end of epoch 1), 4 and 6 (the last step)
+    assert_same_training(one_run, two_run, steps=6, rows_per_epoch=21, epochs=2, eval_rows=1, evaluations=4)
+
+
+def test_probe_track_on_two_processes_matches_one_process_with_gradient_accumulation(tmp_path, tiny_bert_dir):
+    """Cached frozen states, 23 rows in micro-batches of 2 (last one 1) accumulated 3 at a time."""
+    files = write_sentiment_csv(tmp_path / "data", train_size=23, eval_size=5)
+    arguments = [
+        f"--data.data_files={json.dumps(files)}",
+        "--data.text_column=text",
+        f"--model.backbone={tiny_bert_dir}",
+        "--model.pooler=attention",
+        "--train.freeze_backbone=true",
+        "--train.feature_cache=true",
+        f"--train.feature_cache_dir={tmp_path / 'cache'}",
+        "--train.batch_size=2",
+        "--train.gradient_accumulation_steps=3",
+        "--train.epochs=2",
+        "--train.eval_every_steps=2",
+    ]
+    one_run, two_run = train_on_one_and_two_processes(tmp_path, arguments)
+    # 12 micro-batches an epoch -> 4 steps; evaluations at steps 2, 4, 4 (end of epoch 1), 6 and 8
+    assert_same_training(one_run, two_run, steps=8, rows_per_epoch=23, epochs=2, eval_rows=5, evaluations=5)
+
+
+def test_a_distributed_timeout_that_is_not_positive_is_refused_in_one_line():
+    config = RunConfig()
+    config.train.distributed_timeout_seconds = 0
+    with pytest.raises(PoolftError, match=r"train.distributed_timeout_seconds=0 must be positive"):
+        build_accelerator(config)
