@@ -16,9 +16,12 @@ The kill moment's class goes round-robin over ``--classes`` (default ``step,eval
   random      from outside, at a random wall-clock moment after the first logged step
   rank        one process (rank drawn at random) of a 2-process ``torchrun`` run, inside a step
   rank-no-agent  the same with the two processes started directly, without torchrun's agent to
-              stop the survivor: it must fail on its own (``--distributed-timeout`` bounds a wait)
+              stop the survivor: it must fail on its own
+  rank-stopped  the same, but the process is frozen (SIGSTOP) instead of killed, a peer that hangs:
+              the survivor must give up after ``train.distributed_timeout_seconds``
+              (``--distributed-timeout``), then the frozen one is killed
 
-``step``/``eval``/``checkpoint``/``rank*`` use poolft's fault hook (``POOLFT_FAULT_AT=point:step``,
+``step``/``eval``/``checkpoint``/``rank``/``rank-no-agent`` use poolft's fault hook (``POOLFT_FAULT_AT=point:step``,
 ``POOLFT_FAULT_RANK``, see ``poolft/training/fault_injection.py``): the step is drawn at random
 among those where that point is reached, so the kill lands there deterministically. ``random``
 needs no hook. A ``rank*`` trial must end the whole job with a non-zero status (the line reports
@@ -37,7 +40,7 @@ Usage::
     python scripts/fault_test.py                 # 20 trials (several minutes on 2 CPU cores)
     python scripts/fault_test.py --trials 3      # smoke test
     python scripts/fault_test.py --classes random --trials 4
-    python scripts/fault_test.py --classes rank,rank-no-agent --trials 4 --no-damage
+    python scripts/fault_test.py --classes rank,rank-no-agent,rank-stopped --trials 6 --no-damage
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TRAIN_SIZE, EVAL_SIZE, BATCH, EPOCHS = 96, 24, 8, 2
 SAVE_EVERY, EVAL_EVERY, SAVE_LIMIT = 3, 5, 3
-CLASSES = ("step", "eval", "checkpoint", "random", "rank", "rank-no-agent")
+CLASSES = ("step", "eval", "checkpoint", "random", "rank", "rank-no-agent", "rank-stopped")
 PROCESSES = 2  # the rank* classes
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={PROCESSES}", "--standalone"]
 FAULT_LINE = "fault injection: SIGKILL"
@@ -116,14 +119,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def kill_one_rank(arguments: list[str], output: Path, fault: str, rank: int, agent: bool) -> tuple[list[int], float]:
+def kill_one_rank(
+    arguments: list[str], output: Path, rank: int, *, fault: str | None, agent: bool, freeze_at_line: int = 0
+) -> tuple[list[int], float]:
     """Run on 2 processes with ``rank`` dying at ``fault``; exit codes and seconds from the kill to the last exit.
 
     With ``agent`` the job is ``torchrun`` (its agent stops the other worker); without, the two
     workers are started directly with the environment torchrun would give them, so the survivor
-    has to notice the dead peer (or time out) by itself.
+    has to notice the dead peer (or time out) by itself. ``freeze_at_line``: instead of a fault,
+    SIGSTOP ``rank`` once ``log.jsonl`` has that many lines, and SIGKILL it when the survivor is gone.
     """
-    env = child_environment(fault, rank)
+    env = child_environment(fault, rank if fault else None)
     command = [sys.executable, "-m", "poolft", "train", *arguments]
     if agent:
         launches = [(TORCHRUN + command[1:], env)]
@@ -138,10 +144,18 @@ def kill_one_rank(arguments: list[str], output: Path, fault: str, rank: int, age
         with open(log, "w") as handle:
             processes.append(subprocess.Popen(launch, env=launch_env, stdout=subprocess.DEVNULL, stderr=handle))
     killed_at, deadline = None, time.monotonic() + 900
+    log_file = output / "log.jsonl"
     try:
         while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
-            if killed_at is None and any(FAULT_LINE in log.read_text(errors="replace") for log in logs):
+            if freeze_at_line and killed_at is None:
+                if log_file.is_file() and len(log_file.read_bytes().splitlines()) >= freeze_at_line:
+                    processes[rank].send_signal(signal.SIGSTOP)
+                    killed_at = time.monotonic()
+            elif killed_at is None and any(FAULT_LINE in log.read_text(errors="replace") for log in logs):
                 killed_at = time.monotonic()
+            survivors = [p for i, p in enumerate(processes) if not (freeze_at_line and i == rank)]
+            if freeze_at_line and killed_at is not None and all(p.poll() is not None for p in survivors):
+                processes[rank].kill()  # the frozen one, once the survivor has given up
             time.sleep(0.02)
     finally:
         for process in processes:
@@ -292,13 +306,17 @@ def run_rank_trial(
     arguments: list[str],
     started: float,
 ) -> bool:
-    """Kill one process of a 2-process run inside a step; the job must fail, the resumed run match."""
+    """Kill (or freeze) one process of a 2-process run; the job must fail, the resumed run match."""
     rank, step = rng.randrange(PROCESSES), rng.choice(points["step"])
-    agent = kind == "rank"
     timeout = setup["distributed_timeout"]
     killing = [*arguments, f"--train.distributed_timeout_seconds={timeout}"]
-    codes, seconds = kill_one_rank(killing, output, f"step:{step}", rank, agent)
-    label = f"trial {index:2d} {kind} {rank}@step:{step:<3d}"
+    if kind == "rank-stopped":
+        line = rng.randint(1, setup["log_lines"] - 1)
+        codes, seconds = kill_one_rank(killing, output, rank, fault=None, agent=False, freeze_at_line=line)
+        label = f"trial {index:2d} {kind} {rank}@line:{line:<3d}"
+    else:
+        codes, seconds = kill_one_rank(killing, output, rank, fault=f"step:{step}", agent=kind == "rank")
+        label = f"trial {index:2d} {kind} {rank}@step:{step:<3d}"
     exited = f"exit {'/'.join(map(str, codes))} {seconds:.1f} s after the kill"
     # torchrun stops the survivor itself; alone it must notice the dead peer or give up after the timeout
     bound = timeout + 60

@@ -77,6 +77,7 @@ class Family:
         modality: ``"text"`` or ``"image"``.
         model_class: the transformers encoder class the double is saved as.
         preprocessor_class: the tokenizer / image-processor class saved with it.
+        settings: what is particular about it (special tokens, positions, resize and crop).
         build: writes the double into an empty folder.
         prefix_tokens: tokens before the patches (images: CLS, distillation, registers).
     """
@@ -86,6 +87,7 @@ class Family:
     modality: str
     model_class: str
     preprocessor_class: str
+    settings: str
     build: Callable[[Path], None]
     prefix_tokens: int = 0
 
@@ -537,35 +539,126 @@ _CONFIG_TYPES = _config_types()
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in [
-        Family("bert", "BERT", "text", "BertModel", "BertTokenizer (WordPiece)", build_bert),
-        Family("roberta", "RoBERTa", "text", "RobertaModel", "RobertaTokenizer (byte-level BPE)", build_roberta),
-        Family("distilbert", "DistilBERT", "text", "DistilBertModel", "DistilBertTokenizer", build_distilbert),
-        Family("albert", "ALBERT", "text", "AlbertModel", "AlbertTokenizer (SentencePiece)", build_albert),
-        Family("electra", "ELECTRA", "text", "ElectraModel", "ElectraTokenizer (WordPiece)", build_electra),
         Family(
-            "deberta-v2", "DeBERTa-v2", "text", "DebertaV2Model", "DebertaV2Tokenizer (SentencePiece)", build_deberta_v2
+            "bert",
+            "BERT",
+            "text",
+            "BertModel",
+            "BertTokenizer",
+            "WordPiece, `[CLS] … [SEP]`, token types",
+            build_bert,
+            prefix_tokens=0,
+        ),
+        Family(
+            "roberta",
+            "RoBERTa",
+            "text",
+            "RobertaModel",
+            "RobertaTokenizer",
+            "byte-level BPE, `<s> … </s>`, positions offset by the pad id",
+            build_roberta,
+            prefix_tokens=0,
+        ),
+        Family(
+            "distilbert",
+            "DistilBERT",
+            "text",
+            "DistilBertModel",
+            "DistilBertTokenizer",
+            "WordPiece, no token types",
+            build_distilbert,
+            prefix_tokens=0,
+        ),
+        Family(
+            "albert",
+            "ALBERT",
+            "text",
+            "AlbertModel",
+            "AlbertTokenizer",
+            "SentencePiece unigram, lower-cased, `[CLS] … [SEP]`",
+            build_albert,
+            prefix_tokens=0,
+        ),
+        Family(
+            "electra",
+            "ELECTRA",
+            "text",
+            "ElectraModel",
+            "ElectraTokenizer",
+            "WordPiece, embeddings narrower than the hidden width",
+            build_electra,
+            prefix_tokens=0,
+        ),
+        Family(
+            "deberta-v2",
+            "DeBERTa-v2",
+            "text",
+            "DebertaV2Model",
+            "DebertaV2Tokenizer",
+            "SentencePiece, relative positions only",
+            build_deberta_v2,
+            prefix_tokens=0,
         ),
         Family(
             "xlm-roberta",
             "XLM-RoBERTa",
             "text",
             "XLMRobertaModel",
-            "XLMRobertaTokenizer (SentencePiece)",
+            "XLMRobertaTokenizer",
+            "SentencePiece, `<s> … </s>`, positions offset by the pad id",
             build_xlm_roberta,
+            prefix_tokens=0,
         ),
         Family(
-            "modernbert", "ModernBERT", "text", "ModernBertModel", "PreTrainedTokenizerFast (BPE)", build_modernbert
+            "modernbert",
+            "ModernBERT",
+            "text",
+            "ModernBertModel",
+            "PreTrainedTokenizerFast",
+            "byte-level BPE, rotary positions, local attention",
+            build_modernbert,
+            prefix_tokens=0,
         ),
-        Family("vit", "ViT", "image", "ViTModel", "ViTImageProcessor", build_vit, prefix_tokens=1),
-        Family("deit", "DeiT", "image", "DeiTModel", "DeiTImageProcessor (resize + crop)", build_deit, 2),
-        Family("beit", "BEiT", "image", "BeitModel", "BeitImageProcessor", build_beit, prefix_tokens=1),
-        Family("dinov2", "DINOv2", "image", "Dinov2Model", "BitImageProcessor (shortest edge + crop)", build_dinov2, 1),
+        Family(
+            "vit", "ViT", "image", "ViTModel", "ViTImageProcessor", "resize to the square", build_vit, prefix_tokens=1
+        ),
+        Family(
+            "deit",
+            "DeiT",
+            "image",
+            "DeiTModel",
+            "DeiTImageProcessor",
+            "resize 36, center-crop 32, as 256 → 224; CLS + distillation tokens",
+            build_deit,
+            prefix_tokens=2,
+        ),
+        Family(
+            "beit",
+            "BEiT",
+            "image",
+            "BeitModel",
+            "BeitImageProcessor",
+            "resize to the square, `crop_size` saved but off; relative position bias",
+            build_beit,
+            prefix_tokens=1,
+        ),
+        Family(
+            "dinov2",
+            "DINOv2",
+            "image",
+            "Dinov2Model",
+            "BitImageProcessor",
+            "shortest edge 40, center-crop 32, as 256 → 224",
+            build_dinov2,
+            prefix_tokens=1,
+        ),
         Family(
             "dinov2-registers",
             "DINOv2 with registers",
             "image",
             "Dinov2WithRegistersModel",
-            "BitImageProcessor (shortest edge + crop)",
+            "BitImageProcessor",
+            "shortest edge 40, center-crop 32; CLS + 4 registers",
             build_dinov2_registers,
             prefix_tokens=5,
         ),
@@ -574,7 +667,8 @@ FAMILIES: dict[str, Family] = {
             "CLIP vision tower",
             "image",
             "CLIPVisionModel",
-            "CLIPImageProcessor (shortest edge + crop)",
+            "CLIPImageProcessor",
+            "shortest edge 32, center-crop 32, CLIP statistics",
             build_clip_vision,
             prefix_tokens=1,
         ),
@@ -584,6 +678,7 @@ FAMILIES: dict[str, Family] = {
             "image",
             "SiglipVisionModel",
             "SiglipImageProcessor",
+            "resize to the square; no class token",
             build_siglip_vision,
             prefix_tokens=0,
         ),

@@ -1,16 +1,20 @@
 """The compatibility matrix: every backbone family x every head, through everything a user runs.
 
 For each family of ``tests/families.py`` (a tiny double saved with that family's own tokenizer or
-image processor) and each head of ``poolft.available_poolers()``:
+image processor; ``test_family_double_has_its_own_preprocessor`` checks it is one) and each head of
+``poolft.available_poolers()``:
 
 - **train**: ``poolft train`` runs 2 optimiser steps and writes the model;
 - **Auto**: ``AutoModelFor*Classification`` reloads it (no missing keys), and one input's logits
   are the same alone and in a batch, left- and right-padded (the side asserted on the mask);
-- **pipeline**, **predict**, **eval**: ``transformers.pipeline``, ``poolft predict`` and
-  ``poolft eval`` give each input the probabilities / loss of its own one-input forward, with the
-  tokenizer padding on the left and on the right;
+- **pipeline**: ``transformers.pipeline`` with its tokenizer forced to each side (asserted on the
+  masks the model receives) gives each input the probabilities of its own forward;
+- **predict**, **eval**: ``poolft predict`` (saved tokenizer padding left, then right) and
+  ``poolft eval`` (left) plus the run's own final evaluation (right) give each input the
+  probabilities and loss of its own forward, in padded batches;
 - **stock head**: ``--model.stock_head true`` trains and reloads as the family's transformers
-  classifier where one exists, and is refused in one line (naming the family) where none does.
+  classifier where one exists, and is refused in one line (naming the family) where none does;
+- **2-proc**: one ``torchrun --nproc_per_node 2`` trains every family with the ``mean`` head.
 
 The right values are one-input-at-a-time forwards of the reloaded model, with the family's own
 preprocessor (for images the saved image processor, as ``pipeline`` uses it), never poolft's batched
@@ -31,11 +35,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from datasets_for_tests import write_image_folder, write_sentiment_csv  # noqa: E402
 from families import FAMILIES  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import (  # noqa: E402
     AutoImageProcessor,
+    AutoModel,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -255,6 +261,35 @@ def sides(modality: str) -> list[str | None]:
     return ["left", "right"] if modality == "text" else [None]
 
 
+# ---------------------------------------------------------------- the doubles are what they claim
+
+#: the first and last token a family's tokenizer puts around one text
+TEXT_FRAME = {"roberta": ("<s>", "</s>"), "xlm-roberta": ("<s>", "</s>")}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_double_has_its_own_preprocessor(family, family_dir):
+    """The saved preprocessor is the family's class with its special tokens or its crop rule."""
+    folder, spec = family_dir(family), FAMILIES[family]
+    model = AutoModel.from_pretrained(folder)
+    assert type(model).__name__ == spec.model_class
+    if spec.modality == "text":
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        assert type(tokenizer) is getattr(transformers, spec.preprocessor_class)  # v5: some are aliases
+        tokens = tokenizer.convert_ids_to_tokens(tokenizer(TEXTS[1])["input_ids"])
+        assert (tokens[0], tokens[-1]) == TEXT_FRAME.get(family, ("[CLS]", "[SEP]"))
+        assert tokenizer.unk_token not in tokens and tokenizer.padding_side == "right"
+        assert ("token_type_ids" in tokenizer.model_input_names) == (family in ("bert", "electra", "deberta-v2"))
+    else:
+        processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+        assert type(processor).__name__ in (spec.preprocessor_class, spec.preprocessor_class + "Pil")
+        pixels = processor(Image.new("RGB", (24, 20)), return_tensors="pt")["pixel_values"]
+        assert tuple(pixels.shape[-2:]) == (model.config.image_size, model.config.image_size)
+        with torch.no_grad():
+            tokens = model(pixel_values=pixels).last_hidden_state.shape[1]
+        assert tokens == spec.prefix_tokens + (model.config.image_size // model.config.patch_size) ** 2
+
+
 # ---------------------------------------------------------------- the cells
 
 
@@ -402,56 +437,152 @@ def test_stock_head(family, family_dir, matrix_data, tmp_path, capsys):
     )
 
 
-def assert_one_line_error(code: int, stderr: str, family: str, missing: str) -> None:
+@pytest.fixture
+def quiet_libraries():
+    """No progress bars or library warnings, so stderr holds only what poolft itself says."""
+    import logging
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    accelerate_level = logging.getLogger("accelerate").level
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    yield
+    datasets.enable_progress_bars()
+    transformers.logging.enable_progress_bar()
+    transformers.logging.set_verbosity(verbosity)
+    logging.getLogger("accelerate").setLevel(accelerate_level)
+
+
+def assert_one_line_error(code: int, stderr: str, family: str, backbone: Path, missing: str) -> None:
+    """Exit 2 and one ``poolft: error:`` line that names the family (not only its folder) and what it lacks."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 2, stderr
     assert len(lines) == 1 and lines[0].startswith("poolft: error: "), stderr
-    names = {family, FAMILIES[family].model_type, FAMILIES[family].title, FAMILIES[family].model_class}
-    assert any(name.lower() in lines[0].lower() for name in names), f"the error does not name the family: {lines[0]}"
-    assert missing in lines[0].lower(), f"the error does not say that the {missing} is missing: {lines[0]}"
+    message = lines[0].replace(str(backbone), "<backbone>").lower()  # the folder is named after the family
+    spec = FAMILIES[family]
+    names = {spec.model_type, spec.title, spec.model_class, spec.model_class.replace("Model", "Config")}
+    assert any(name.lower() in message for name in names), f"the error does not name the family: {lines[0]}"
+    assert missing in message, f"the error does not say that the {missing} is missing: {lines[0]}"
 
 
 @pytest.mark.parametrize("family", NO_STOCK_FAMILIES)
-def test_stock_head_without_a_stock_classifier_is_one_line_error(family, family_dir, matrix_data, tmp_path, capsys):
+def test_stock_head_without_a_stock_classifier_is_one_line_error(
+    family, family_dir, matrix_data, tmp_path, capsys, quiet_libraries
+):
     arguments = train_arguments(family_dir(family), FAMILIES[family].modality, matrix_data, tmp_path / "run", "stock")
     capsys.readouterr()
     code = main(arguments)
-    assert_one_line_error(code, capsys.readouterr().err, family, "classifier")
+    assert_one_line_error(code, capsys.readouterr().err, family, family_dir(family), "classifier")
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]  # no file written
 
 
 @pytest.mark.parametrize(("family", "head"), list(REFUSED_HEADS))
-def test_head_the_family_cannot_feed_is_one_line_error(family, head, family_dir, matrix_data, tmp_path, capsys):
+def test_head_the_family_cannot_feed_is_one_line_error(
+    family, head, family_dir, matrix_data, tmp_path, capsys, quiet_libraries
+):
     arguments = train_arguments(family_dir(family), FAMILIES[family].modality, matrix_data, tmp_path / "run", head)
     capsys.readouterr()
     code = main(arguments)
-    assert_one_line_error(code, capsys.readouterr().err, family, REFUSED_HEADS[family, head])
+    assert_one_line_error(code, capsys.readouterr().err, family, family_dir(family), REFUSED_HEADS[family, head])
+
+
+# ---------------------------------------------------------------- two processes, every family in one launch
+
+#: the head every family trains with on 2 processes (tests/training/test_train_distributed.py
+#: checks the loop itself on 2 processes: same losses, rows and evaluations as on 1)
+TWO_PROCESS_HEAD = "mean"
+
+
+@pytest.fixture(scope="session")
+def two_process_runs(tmp_path_factory: pytest.TempPathFactory, family_dir, matrix_data) -> Path:
+    """One ``torchrun --nproc_per_node 2`` (gloo) that trains every family's double in turn.
+
+    One launch for all families: starting the processes costs more than 15 tiny runs. Each run's
+    exit code per rank is written next to its folder (``<family>.rank<r>.exit``).
+    """
+    import subprocess
+
+    root = tmp_path_factory.mktemp("matrix-2proc")
+    plan = [
+        train_arguments(family_dir(name), family.modality, matrix_data, root / name, TWO_PROCESS_HEAD)
+        for name, family in FAMILIES.items()
+    ]
+    (root / "plan.json").write_text(json.dumps(plan), encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    result = subprocess.run(
+        [*torchrun, __file__, "--train-each", str(root / "plan.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    (root / "torchrun.log").write_text(result.stdout + result.stderr, encoding="utf-8")
+    return root
+
+
+def train_each(plan: Path) -> None:
+    """torchrun worker: every ``poolft train`` argument list of ``plan`` in turn, exit codes to files."""
+    rank = int(os.environ.get("RANK", "0"))
+    for arguments in json.loads(plan.read_text(encoding="utf-8")):
+        output = Path(next(a for a in arguments if a.startswith("--train.output_dir=")).split("=", 1)[1])
+        try:
+            code = main(arguments)
+        except Exception as error:  # recorded, and the next family still runs
+            code = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        (output.parent / f"{output.name}.rank{rank}.exit").write_text(str(code), encoding="utf-8")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_two_processes(family, two_process_runs, runs, matrix_data):
+    """On 2 processes: the rows of one process trained, each evaluation row counted once, at its right loss."""
+    run, modality = two_process_runs / family, FAMILIES[family].modality
+    codes = [(two_process_runs / f"{family}.rank{rank}.exit") for rank in (0, 1)]
+    log = (two_process_runs / "torchrun.log").read_text(encoding="utf-8")
+    assert all(code.is_file() for code in codes), f"torchrun did not reach {family}: {log[-2000:]}"
+    assert [code.read_text() for code in codes] == ["0", "0"], log[-2000:]
+    two = json.loads((run / "metrics.json").read_text())
+    one = json.loads((runs(family, TWO_PROCESS_HEAD) / "metrics.json").read_text())
+    assert two["num_processes"] == 2 and one["num_processes"] == 1
+    assert two["train_samples_seen"] == one["train_samples_seen"] == 8
+    if modality == "text":
+        rows = text_rows(matrix_data, "validation")
+        inputs, names = [row["text"] for row in rows], [row["label"] for row in rows]
+    else:
+        inputs, names = map(list, zip(*image_rows(matrix_data, "validation"), strict=True))
+    logits = reference(run, modality, inputs)
+    label2id = json.loads((run / "config.json").read_text())["label2id"]
+    labels = torch.tensor([label2id[name] for name in names])
+    assert two["final"]["samples"] == len(inputs)
+    assert two["final"]["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)), abs=ATOL)
 
 
 # ---------------------------------------------------------------- the README table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- poolft-families:start -->", "<!-- poolft-families:end -->"
-#: the 2-process runs live in tests/training/test_train_distributed.py (one per modality)
-TWO_PROCESS_FAMILIES = {"bert": "BERT", "vit": "ViT"}
 
 
 def render_families_block() -> str:
     """The README's "Supported families" table, from ``FAMILIES`` and what this file tests."""
     lines = [
         START,
-        "| family | encoder / preprocessor | train | Auto | pipeline | predict | eval | stock head | 2-proc |",
+        "| family | encoder + preprocessor (settings) | train | Auto | pipeline | predict | eval | stock head "
+        "| 2-proc |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, family in FAMILIES.items():
         heads = [head for head in HEADS if (name, head) not in REFUSED_HEADS]
         refused = [f"`{head}` refused ({REFUSED_HEADS[name, head]})" for head in HEADS if (name, head) in REFUSED_HEADS]
-        covered = f"{len(heads)} heads" + (f"; {', '.join(refused)}" if refused else "")
-        stock = f"`{family.stock_classifier}`" if family.stock_classifier else "none (one-line error)"
-        two_process = "✓" if name in TWO_PROCESS_FAMILIES else "—"
+        trained = f"{len(heads)} heads" + (f"; {', '.join(refused)}" if refused else "")
+        stock = f"`{family.stock_classifier}`" if family.stock_classifier else "none: one-line error"
         lines.append(
-            f"| {family.title} | `{family.model_class}` + `{family.preprocessor_class}` | {covered} | ✓ | ✓ | ✓ | ✓ "
-            f"| {stock} | {two_process} |"
+            f"| {family.title} | `{family.model_class}` + `{family.preprocessor_class}` ({family.settings}) "
+            f"| {trained} | ✓ | ✓ | ✓ | ✓ | {stock} | ✓ `{TWO_PROCESS_HEAD}` |"
         )
     lines.append(END)
     return "\n".join(lines)
@@ -468,7 +599,10 @@ def test_readme_families_block_is_current():
     )
 
 
-if __name__ == "__main__":  # rewrite the README block
-    text = README.read_text(encoding="utf-8")
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--train-each"]:  # the worker of two_process_runs, under torchrun
+        train_each(Path(sys.argv[2]))
+        sys.exit(0)
+    text = README.read_text(encoding="utf-8")  # rewrite the README block
     README.write_text(text.replace(readme_block(text), render_families_block()), encoding="utf-8")
     sys.exit(0)

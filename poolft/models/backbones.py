@@ -9,6 +9,7 @@ import inspect
 import json
 import math
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,14 +233,17 @@ def build_model(
 def stock_head_class(config: PretrainedConfig, task: str) -> type[PreTrainedModel] | None:
     """The class ``AutoModelFor{Sequence,Image}Classification`` builds for ``config``, or None."""
     auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
-    classes = auto._model_mapping.get(type(config), None) if type(config) in auto._model_mapping else None
+    if type(config) not in auto._model_mapping:
+        return None
+    classes = auto._model_mapping[type(config)]
     return classes[0] if isinstance(classes, (tuple, list)) else classes
 
 
 def check_stock_head(backbone: str, config: PretrainedConfig, task: str) -> None:
     """``model.stock_head`` on a family transformers has no classifier for is a one-line error."""
-    if stock_head_class(config, task) is None:
-        auto = "AutoModelForSequenceClassification" if task == "text" else "AutoModelForImageClassification"
+    auto = "AutoModelForSequenceClassification" if task == "text" else "AutoModelForImageClassification"
+    remote = auto in (getattr(config, "auto_map", None) or {})  # a trust_remote_code classifier
+    if stock_head_class(config, task) is None and not remote:
         raise PoolftError(
             f"backbone {backbone} is a {config.model_type} ({type(config).__name__}) and transformers has no stock "
             f"classifier for it ({auto}); use a poolft head (--model.pooler mean, attention, ...) "
@@ -287,7 +291,7 @@ def _roberta_head(config: PretrainedConfig) -> str:
 
 
 #: stock head per class ``AutoModelFor*Classification`` builds: config -> description
-STOCK_HEADS: dict[str, Any] = {
+STOCK_HEADS: dict[str, Callable[[PretrainedConfig], str]] = {
     "ViTForImageClassification": lambda c: "CLS token after the final layernorm -> linear",
     "DeiTForImageClassification": lambda c: (
         "CLS token (not the distillation token) after the final layernorm -> linear"

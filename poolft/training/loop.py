@@ -15,6 +15,7 @@ per epoch. Evaluation gathers every share and keeps the real rows, so each sampl
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.nn import functional as F
@@ -112,11 +113,15 @@ def build_accelerator(config: RunConfig) -> Accelerator:
     # the process group is created once per process (a sweep's later runs reuse it). Not through
     # InitProcessGroupKwargs: its to_kwargs() drops a timeout equal to its NCCL default (600 s).
     PartialState(cpu=not has_accelerator(), timeout=timedelta(seconds=train.distributed_timeout_seconds))
+    atexit.register(PartialState().destroy_process_group)  # a no-op once destroyed, so repeats are harmless
     try:
         accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(train.mixed_precision),
             gradient_accumulation_steps=train.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=True),
+            # encoders hold parameters a pooled classifier never reaches (DINOv2's mask token, CLIP's
+            # post-layernorm, SigLIP's attention head, layers above model.hidden_layers): DDP must skip them
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
             log_with=train.trackers or None,
             # without a GPU, torchrun/accelerate launch processes must be told to use gloo on CPU
             cpu=not has_accelerator(),
@@ -204,6 +209,8 @@ def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Acceler
     """Probe track: swap the splits for cached frozen-backbone states and train the head alone."""
     if config.data.augment:
         raise PoolftError("data.augment cannot be used with train.feature_cache (states are computed once)")
+    if config.model.stock_head:  # the cache runs poolft's encoder -> pooler split, which stock models lack
+        raise PoolftError("train.feature_cache trains a poolft head on cached states; drop model.stock_head or it")
     collator = make_collator(inputs.preprocessor, inputs.task)
     precision = resolve_mixed_precision(config.train.mixed_precision)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -506,7 +513,10 @@ def run_training(config: RunConfig) -> dict[str, Any]:
         write_json(output_dir / "metrics.json", metrics)
     log.close()
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    # not accelerator.end_training(): it destroys the process group, which the next run in this
+    # process (a sweep's) reuses; the group is destroyed at exit (build_accelerator)
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return metrics
 
 

@@ -161,7 +161,12 @@ def test_poolft_collator_keeps_a_stock_model_batch_invariant(family, family_dir)
     with torch.no_grad():
         batched = model(**batch).logits
         singles = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])
+        left = tokenizer(texts, padding=True, return_tensors="pt")  # what a batched pipeline would pass
+        assert_padded_on("left", left["attention_mask"])
+        left_logits = model(**left).logits
     torch.testing.assert_close(batched, singles, rtol=1e-4, atol=1e-5)
+    # the stock head alone is not batch-invariant under left padding (README): why the collator pads right
+    assert (left_logits - singles).abs().max() > 1e-3
 
 
 def test_right_padding_order_moves_real_tokens_first_in_order():
