@@ -88,7 +88,11 @@ def processor_for_image_size(image_processor: Any, image_size: int | None) -> An
         sized.size = scaled_size(sized.size, scale_height, scale_width)
         if getattr(sized, "do_center_crop", False) and getattr(sized, "crop_size", None):
             sized.crop_size = scaled_size(sized.crop_size, scale_height, scale_width)
-    if processed_size(sized) != (image_size, image_size):
+    try:
+        reached = processed_size(sized)
+    except (ValueError, TypeError, KeyError):  # the processor rejects its rescaled rules
+        reached = None
+    if reached != (image_size, image_size):
         raise PoolftError(
             f"cannot make {type(image_processor).__name__} give {image_size} px images (it gives {current}); "
             "leave data.image_size unset to use the processor's own size"

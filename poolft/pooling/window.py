@@ -2,20 +2,27 @@
 
 Adaptive mode: for each level ``k`` the ``n`` real, non-prefix tokens of an example are split
 into ``k`` windows, window ``j`` covering ranks ``[floor(j*n/k), ceil((j+1)*n/k))`` -- the bounds of
-PyTorch's adaptive pooling -- and each window is reduced by max or mean. With ``grid=True`` the
-patch grid is split into ``k x k`` bins with those bounds on each axis (spatial pyramid pooling);
-a row's grid starts right after its prefix (its first ``num_prefix_tokens`` real tokens).
+PyTorch's adaptive pooling -- and each window is reduced by max or mean. ``edges`` generalise the
+equal split to fractional edges per level (window ``j`` covers ``[floor(e_j*n), ceil(e_{j+1}*n))``,
+in exact integer arithmetic), so windows can be short at the start and long after. With
+``grid=True`` the patch grid is split into ``k x k`` bins with those bounds on each axis (spatial
+pyramid pooling); a row's grid starts right after its prefix (its first ``num_prefix_tokens`` real
+tokens).
 Sliding mode: fixed-size windows with a stride over the real tokens, reduced within each window,
-then over the windows.
+then over the windows; with ``grid=True``, ``window_size x window_size`` windows moved by
+``stride`` over the patch grid (CNN local max/average pooling, bounds of ``max_pool2d`` with
+``ceil_mode=True``), reduced over the windows or kept as a ``map_size x map_size`` map.
 
-Everything is vectorised and reads real tokens only: windows are runs of ranks over each row's
-real tokens (so left and interior padding are handled alike), and all windows of all rows and
-levels are reduced by a single ``index_select`` + ``segment_reduce``.
+Everything is vectorised and reads real tokens only: 1-D windows are runs of ranks over each row's
+real tokens (so left and interior padding are handled alike), reduced by a single
+``index_select`` + ``segment_reduce``; 2-D windows are ranges of grid rows and columns, reduced
+the same way one axis at a time over the masked grid.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -26,7 +33,10 @@ from .base import Pooler, register_pooler
 from .masking import lowest_value, masked_reduce, patch_grid_start, real_token_mask
 
 REDUCTIONS = ("max", "mean")
+WINDOW_REDUCTIONS = ("max", "mean", "map")
 MODES = ("adaptive", "sliding")
+#: edges are read as the nearest fraction with at most this denominator (see ``exact_edges``)
+EDGE_DENOMINATOR = 10**6
 
 
 def window_bounds(lengths: torch.Tensor, windows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,47 +96,111 @@ def reduce_token_ranges(
     return reduced.to(hidden_states.dtype).view(batch, windows, hidden)
 
 
+def equal_edges(windows: int) -> tuple[Fraction, ...]:
+    """The edges ``0, 1/k, ..., 1`` of ``k`` equal windows: ``levels`` as ``edges``."""
+    return tuple(Fraction(j, windows) for j in range(windows + 1))
+
+
+def exact_edges(edges: Any) -> tuple[tuple[Fraction, ...], ...]:
+    """Validate ``edges`` (per level, fractional window edges) and read each as an exact fraction.
+
+    Each edge becomes the nearest fraction with denominator at most ``EDGE_DENOMINATOR`` (so ``0.3``
+    is exactly 3/10 and ``1/3`` written as 0.333... is 1/3): ranks are then computed in integers,
+    and equal edges give exactly ``levels``' windows.
+
+    Raises:
+        ValueError: one line naming the level and the fix, unless every level is a list of at
+            least two numbers that starts at 0, ends at 1 and strictly increases.
+    """
+    example = "e.g. edges=[[0, 0.1, 0.5, 1.0]]"
+    if not isinstance(edges, (list, tuple)) or not edges:
+        raise ValueError(f"window option edges must be a non-empty list of levels, each a list of edges; {example}")
+    levels = []
+    for level in edges:
+        if not isinstance(level, (list, tuple)) or len(level) < 2:
+            raise ValueError(f"window option edges: level {level!r} needs at least two edges (0 and 1); {example}")
+        if not all(isinstance(e, (int, float, Fraction)) and not isinstance(e, bool) for e in level):
+            raise ValueError(f"window option edges: level {level!r} must hold numbers only; {example}")
+        if any(not 0 <= e <= 1 for e in level):
+            raise ValueError(f"window option edges: level {list(level)} has an edge outside [0, 1]; {example}")
+        if level[0] != 0 or level[-1] != 1:
+            raise ValueError(f"window option edges: level {list(level)} must start at 0 and end at 1; {example}")
+        exact = tuple(Fraction(e).limit_denominator(EDGE_DENOMINATOR) for e in level)
+        if any(b <= a for a, b in zip(exact, exact[1:])):
+            raise ValueError(
+                f"window option edges: level {list(level)} must be strictly increasing (edges closer than "
+                f"1/{EDGE_DENOMINATOR} count as equal); {example}"
+            )
+        levels.append(exact)
+    return tuple(levels)
+
+
+def edge_bounds(
+    lengths: torch.Tensor, level_edges: list[tuple[Fraction, ...]] | tuple[tuple[Fraction, ...], ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window bounds from fractional edges, in integer arithmetic.
+
+    Args:
+        lengths: ``(batch,)`` integer token counts ``n``.
+        level_edges: per level, edges ``e_0 = 0 < ... < e_k = 1`` as fractions.
+
+    Returns:
+        ``start, end`` each ``(batch, windows)`` (all levels' windows in order): window ``j`` of a
+        level covers ``[floor(e_j*n), ceil(e_{j+1}*n))``, never empty for ``n >= 1``.
+    """
+    starts = [edge for edges in level_edges for edge in edges[:-1]]
+    ends = [edge for edges in level_edges for edge in edges[1:]]
+    device = lengths.device
+
+    def integers(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    n = lengths.long().unsqueeze(-1)
+    start_num, start_den = integers([e.numerator for e in starts]), integers([e.denominator for e in starts])
+    end_num, end_den = integers([e.numerator for e in ends]), integers([e.denominator for e in ends])
+    start = torch.div(start_num * n, start_den, rounding_mode="floor")
+    end = torch.div(end_num * n + end_den - 1, end_den, rounding_mode="floor")
+    return start, end
+
+
 def adaptive_window_features(
-    hidden_states: torch.Tensor, token_mask: torch.Tensor, levels: tuple[int, ...], reduce: str
+    hidden_states: torch.Tensor,
+    token_mask: torch.Tensor,
+    levels: tuple[int, ...] | tuple[tuple[Fraction, ...], ...],
+    reduce: str,
 ) -> torch.Tensor:
     """Concatenated adaptive-window features of a token sequence.
 
     Args:
         hidden_states: ``(batch, tokens, hidden)``.
         token_mask: ``(batch, tokens)`` bool of the tokens to pool.
+        levels: per level a window count ``k`` (equal edges) or fractional edges (``exact_edges``).
 
     Returns:
-        ``(batch, hidden * sum(levels))``, levels in order, windows in order.
+        ``(batch, hidden * windows)``, levels in order, windows in order.
     """
-    lengths = token_mask.sum(dim=1)
-    bounds = [window_bounds(lengths, k) for k in levels]
-    start = torch.cat([b[0] for b in bounds], dim=1)
-    end = torch.cat([b[1] for b in bounds], dim=1)
+    level_edges = [equal_edges(k) if isinstance(k, int) else k for k in levels]
+    start, end = edge_bounds(token_mask.sum(dim=1), level_edges)
     return reduce_token_ranges(hidden_states, token_mask, start, end, reduce).flatten(1)
 
 
-def grid_window_features(
+def patch_grid(
     hidden_states: torch.Tensor,
     token_mask: torch.Tensor,
     num_prefix_tokens: int,
     grid_size: tuple[int, int],
-    levels: tuple[int, ...],
-    reduce: str,
     grid_start: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Spatial-pyramid features of a patch grid: ``k x k`` adaptive bins per level.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patch tokens laid out as an image: ``(batch, hidden, h, w)`` and its mask ``(batch, 1, h, w)``.
 
     Patch ``i`` (row-major) of a row is the token at ``grid_start + i``; tokens that are masked
-    out, or positions past the end of the sequence, are absent patches.
+    out, or positions past the end of the sequence, are absent patches (mask False).
 
     Args:
         hidden_states: ``(batch, prefix + h*w, hidden)``.
         token_mask: ``(batch, prefix + h*w)`` bool (prefix already False).
         grid_start: ``(batch,)`` position of each row's first patch (see ``patch_grid_start``);
             None: every row's grid starts at ``num_prefix_tokens``.
-
-    Returns:
-        ``(batch, hidden * sum(k*k))``, levels in order, bins row-major.
     """
     height, width = grid_size
     batch, tokens, hidden = hidden_states.shape
@@ -148,21 +222,226 @@ def grid_window_features(
         patches = hidden_states.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden))
         mask = token_mask.gather(1, positions) & inside
     grid = patches.transpose(1, 2).reshape(batch, hidden, height, width)
-    grid_mask = mask.view(batch, 1, height, width)
-    features = []
-    for k in levels:
-        if reduce == "max":
-            filled = torch.where(grid_mask, grid, grid.new_full((), lowest_value(grid.dtype)))
-            pooled = F.adaptive_max_pool2d(filled, k)
-            has_token = F.adaptive_max_pool2d(grid_mask.to(grid.dtype), k) > 0
-            pooled = torch.where(has_token, pooled, pooled.new_zeros(()))
-        else:
-            kept = torch.where(grid_mask, grid, grid.new_zeros(())).float()
-            total = F.adaptive_avg_pool2d(kept, k)
-            share = F.adaptive_avg_pool2d(grid_mask.float(), k)
-            pooled = (total / share.clamp(min=1e-12)).where(share > 0, total.new_zeros(())).to(grid.dtype)
-        features.append(pooled.flatten(2).transpose(1, 2).flatten(1))
-    return torch.cat(features, dim=1)
+    return grid, mask.reshape(batch, 1, height, width)
+
+
+def range_membership(start: torch.Tensor, end: torch.Tensor, length: int) -> torch.Tensor:
+    """``(ranges, length)`` bool: row ``r`` is True on ``[start[r], end[r])``."""
+    positions = torch.arange(length, device=start.device)
+    return (positions >= start.unsqueeze(1)) & (positions < end.unsqueeze(1))
+
+
+def masked_pool2d(grid: torch.Tensor, grid_mask: torch.Tensor, reduce: str, pool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a torch 2-D pooling ``pool(values, reduce)`` to the real cells of a masked grid only.
+
+    Max: absent cells are filled with the dtype's lowest value, and windows without a real cell
+    become 0. Mean: the pooled sum of the real cells over the pooled count (both pooled with the
+    same divisor, which cancels), in float32.
+
+    Returns:
+        pooled ``(batch, hidden, R, C)`` in ``grid``'s dtype and the presence mask ``(batch, 1, R, C)``.
+    """
+    share = pool(grid_mask.float(), "mean")
+    has_cell = share > 0
+    if reduce == "max":
+        pooled = pool(torch.where(grid_mask, grid, grid.new_full((), lowest_value(grid.dtype))), "max")
+    elif reduce == "mean":
+        total = pool(torch.where(grid_mask, grid, grid.new_zeros(())).float(), "mean")
+        pooled = (total / share.clamp(min=1e-12)).to(grid.dtype)
+    else:
+        raise ValueError(f"unknown reduce {reduce!r}; use 'mean' or 'max'")
+    return torch.where(has_cell, pooled, pooled.new_zeros(())), has_cell
+
+
+def padded_range_index(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """``(ranges, longest)`` positions of each range, its last position repeated to the longest length.
+
+    Repeating a member does not change a max, so ranges of any lengths reduce as one block.
+    """
+    steps = torch.arange(int((end - start).max()), device=start.device)
+    return torch.minimum(start.unsqueeze(1) + steps, (end - 1).unsqueeze(1))
+
+
+def range_argmax_cells(
+    values: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], cols: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Flat cell index ``row * w + col`` of the max of every rectangle ``rows[i] x cols[j]``.
+
+    Args:
+        values: ``(batch, hidden, h, w)``.
+
+    Returns:
+        ``(batch, hidden, R, C)`` int64. Each axis is reduced with the axis outermost, so the max
+        runs over contiguous slabs (fast), not over a short innermost axis.
+    """
+    batch, hidden, height, width = values.shape
+    col_index, row_index = padded_range_index(*cols), padded_range_index(*rows)
+    num_cols, num_rows = col_index.size(0), row_index.size(0)
+    by_col = values.permute(3, 0, 1, 2).reshape(width, -1)  # (w, b*c*h)
+    picked = by_col[col_index.flatten()].view(num_cols, col_index.size(1), -1)
+    col_max, col_step = picked.max(dim=1)  # (C, b*c*h)
+    col_arg = col_index.gather(1, col_step).view(num_cols, batch * hidden, height)
+    by_row = col_max.view(num_cols, batch * hidden, height).permute(2, 0, 1).reshape(height, -1)  # (h, C*b*c)
+    picked = by_row[row_index.flatten()].view(num_rows, row_index.size(1), -1)
+    row_arg = row_index.gather(1, picked.argmax(dim=1)).view(num_rows, num_cols, batch * hidden)  # (R, C, b*c)
+    col_at_row = col_arg.permute(2, 0, 1).gather(0, row_arg)  # (R, C, b*c)
+    cell = row_arg * width + col_at_row
+    return cell.permute(2, 0, 1).reshape(batch, hidden, num_rows, num_cols)
+
+
+def reduce_grid_ranges(
+    grid: torch.Tensor,
+    grid_mask: torch.Tensor,
+    rows: tuple[torch.Tensor, torch.Tensor],
+    cols: tuple[torch.Tensor, torch.Tensor],
+    reduce: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduce the real cells of every rectangle ``rows[i] x cols[j]`` of a masked grid (any ranges).
+
+    Sums (and counts) are two matmuls with the ranges' membership matrices. The max is located one
+    axis at a time without autograd (``range_argmax_cells``), then the winning cells are gathered:
+    the gradient flows to exactly those cells, as in ``max_pool2d``.
+
+    Args:
+        grid: ``(batch, hidden, h, w)``.
+        grid_mask: ``(batch, 1, h, w)`` bool, True for real cells.
+        rows, cols: ``(start, end)`` integer ranges ``(R,)`` over ``h`` and ``(C,)`` over ``w``, non-empty.
+        reduce: ``"max"`` or ``"mean"`` (mean over the real cells, accumulated in float32).
+
+    Returns:
+        pooled ``(batch, hidden, R, C)`` in ``grid``'s dtype, zeros where a rectangle has no real
+        cell, and that presence mask ``(batch, 1, R, C)`` bool.
+    """
+    batch, hidden, height, width = grid.shape
+    row_member = range_membership(*rows, height)  # (R, h)
+    col_member = range_membership(*cols, width)  # (C, w)
+
+    def range_sums(values: torch.Tensor) -> torch.Tensor:  # (b, c, h, w) -> (b, c, R, C)
+        return row_member.float() @ (values @ col_member.float().T)
+
+    count = range_sums(grid_mask.float())
+    has_cell = count > 0
+    if reduce == "max":
+        filled = torch.where(grid_mask, grid, grid.new_full((), lowest_value(grid.dtype)))
+        with torch.no_grad():
+            cell = range_argmax_cells(filled, rows, cols)
+        pooled = filled.flatten(2).gather(2, cell.flatten(2)).view(batch, hidden, *cell.shape[2:])
+    elif reduce == "mean":
+        total = range_sums(torch.where(grid_mask, grid, grid.new_zeros(())).float())
+        pooled = (total / count.clamp(min=1)).to(grid.dtype)
+    else:
+        raise ValueError(f"unknown reduce {reduce!r}; use 'mean' or 'max'")
+    return torch.where(has_cell, pooled, pooled.new_zeros(())), has_cell
+
+
+def grid_window_features(
+    hidden_states: torch.Tensor,
+    token_mask: torch.Tensor,
+    num_prefix_tokens: int,
+    grid_size: tuple[int, int],
+    levels: tuple[int, ...] | tuple[tuple[Fraction, ...], ...],
+    reduce: str,
+    grid_start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Spatial-pyramid features of a patch grid: ``k x k`` bins per level.
+
+    A level is a window count ``k`` (equal edges ``j/k``) or its fractional edges; on each axis of
+    length ``n`` bin ``j`` covers ``[floor(e_j*n), ceil(e_{j+1}*n))`` -- adaptive pooling's bounds
+    when the edges are equal. Levels whose edges are all equal run through
+    ``adaptive_max_pool2d``/``adaptive_avg_pool2d``, any other edges through ``reduce_grid_ranges``.
+
+    Args:
+        hidden_states: ``(batch, prefix + h*w, hidden)``.
+        token_mask: ``(batch, prefix + h*w)`` bool (prefix already False).
+        grid_start: see ``patch_grid``.
+
+    Returns:
+        ``(batch, hidden * sum(k*k))``, levels in order, bins row-major.
+    """
+    grid, grid_mask = patch_grid(hidden_states, token_mask, num_prefix_tokens, grid_size, grid_start)
+    level_edges = [equal_edges(k) if isinstance(k, int) else k for k in levels]
+    if all(edges == equal_edges(len(edges) - 1) for edges in level_edges):
+        features = []
+        for edges in level_edges:
+            k = len(edges) - 1
+
+            def adaptive(values: torch.Tensor, how: str, k: int = k) -> torch.Tensor:
+                return F.adaptive_max_pool2d(values, k) if how == "max" else F.adaptive_avg_pool2d(values, k)
+
+            pooled, _ = masked_pool2d(grid, grid_mask, reduce, adaptive)
+            features.append(pooled.flatten(2))
+        return torch.cat(features, dim=2).transpose(1, 2).flatten(1)
+    device = grid.device
+    row_start, row_end = edge_bounds(torch.tensor([grid_size[0]], device=device), level_edges)
+    col_start, col_end = edge_bounds(torch.tensor([grid_size[1]], device=device), level_edges)
+    pooled, _ = reduce_grid_ranges(grid, grid_mask, (row_start[0], row_end[0]), (col_start[0], col_end[0]), reduce)
+    # keep each level's own k x k block of the (sum k) x (sum k) product, row-major
+    counts = [len(edges) - 1 for edges in level_edges]
+    total = sum(counts)
+    offsets = [sum(counts[:level]) for level in range(len(counts))]
+    picked = [
+        (torch.arange(k, device=device).unsqueeze(1) + offset) * total + torch.arange(k, device=device) + offset
+        for k, offset in zip(counts, offsets)
+    ]
+    bins = pooled.flatten(2).index_select(2, torch.cat([p.flatten() for p in picked]))
+    return bins.transpose(1, 2).flatten(1)
+
+
+def sliding_window_count(length: int, window_size: int, stride: int) -> int:
+    """Windows along one axis as ``max_pool2d(ceil_mode=True, padding=0)`` counts them (at least 1).
+
+    ``ceil((length - window_size) / stride) + 1``, less one if the last window would start outside
+    the axis; an axis shorter than the window has one window covering it.
+    """
+    count = -(-max(length - window_size, 0) // stride) + 1
+    return count - 1 if (count - 1) * stride >= length else count
+
+
+def grid_sliding_features(
+    hidden_states: torch.Tensor,
+    token_mask: torch.Tensor,
+    num_prefix_tokens: int,
+    grid_size: tuple[int, int],
+    window_size: int,
+    stride: int,
+    reduce: str,
+    reduce_windows: str,
+    map_size: int,
+    grid_start: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Local (CNN-style) pooling of the patch grid: ``window_size x window_size`` windows with ``stride``.
+
+    Window ``(i, j)`` covers rows ``[i*stride, min(i*stride + window_size, h))`` and the same for
+    columns: ``max_pool2d``/``avg_pool2d`` with ``ceil_mode=True`` and no padding, so a partial
+    window at the edge is kept when it starts inside the grid, and a mean divides by the real
+    patches inside the grid (never by padding). An axis shorter than the window has one window
+    covering it. Each window is reduced over its real patches by ``reduce``; windows without a
+    real patch are absent. ``reduce_windows="max"|"mean"`` then reduces over the present windows
+    (``(batch, hidden)``); ``"map"`` keeps the window map, adaptive-pooled by ``reduce`` over its
+    present windows to ``map_size x map_size`` (``(batch, hidden * map_size**2)``, bins row-major).
+    """
+    grid, grid_mask = patch_grid(hidden_states, token_mask, num_prefix_tokens, grid_size, grid_start)
+    height, width = grid_size
+    # an axis shorter than the window is padded with absent cells up to it: one window covers it
+    pad_rows, pad_cols = max(window_size - height, 0), max(window_size - width, 0)
+    if pad_rows or pad_cols:
+        grid = F.pad(grid, (0, pad_cols, 0, pad_rows))
+        grid_mask = F.pad(grid_mask, (0, pad_cols, 0, pad_rows))
+
+    def local(values: torch.Tensor, how: str) -> torch.Tensor:
+        if how == "max":
+            return F.max_pool2d(values, window_size, stride, ceil_mode=True)
+        return F.avg_pool2d(values, window_size, stride, ceil_mode=True)
+
+    windows, has_window = masked_pool2d(grid, grid_mask, reduce, local)
+    if reduce_windows != "map":
+        return masked_reduce(windows.flatten(2).transpose(1, 2), has_window.flatten(1), reduce_windows)
+
+    def adaptive(values: torch.Tensor, how: str) -> torch.Tensor:
+        return F.adaptive_max_pool2d(values, map_size) if how == "max" else F.adaptive_avg_pool2d(values, map_size)
+
+    pooled, _ = masked_pool2d(windows, has_window, reduce, adaptive)
+    return pooled.flatten(2).transpose(1, 2).flatten(1)
 
 
 def sliding_window_features(
@@ -198,18 +477,31 @@ class WindowPooler(Pooler):
 
     Options:
         levels: window counts per level (adaptive mode), default ``(1, 2, 4)``.
+        edges: per level, fractional window edges instead of equal ones (adaptive mode), e.g.
+            ``[[0, 0.1, 0.5, 1.0]]``: window ``j`` covers ranks ``[floor(e_j*n), ceil(e_{j+1}*n))`` of
+            the ``n`` real tokens (1-D) or of each grid axis (``grid=True``); ``levels`` is the case
+            ``e_j = j/k``. With ``edges``, ``levels`` is derived from it (window counts); a ``levels``
+            other than its default that disagrees with ``edges`` is refused.
         reduce: ``"max"`` or ``"mean"`` within a window.
         project: project the concatenation to ``hidden_size`` (else ``output_dim`` is the raw
-            concatenation: ``hidden * sum(levels)``, or ``hidden * sum(k*k)`` with ``grid``).
-        grid: pool the patch grid in ``k x k`` bins (needs ``grid_size`` at forward; without
-            ``grid`` a ``grid_size`` is refused, since ``output_dim`` is fixed at construction).
-        mode: ``"adaptive"`` or ``"sliding"``.
-        window_size, stride, reduce_windows: the sliding mode's window, step and across-window
-            reduction.
+            concatenation: ``hidden * sum(levels)``, ``hidden * sum(k*k)`` with ``grid``, ``hidden``
+            for sliding windows, ``hidden * map_size**2`` for ``reduce_windows="map"``).
+        grid: pool the patch grid in 2-D (needs ``grid_size`` at forward; without ``grid`` a
+            ``grid_size`` is refused, since ``output_dim`` is fixed at construction).
+        mode: ``"adaptive"`` (``levels``/``edges`` bins) or ``"sliding"`` (fixed windows).
+        window_size, stride: the sliding window and its step (tokens; with ``grid``, a
+            ``window_size x window_size`` window moved by ``stride`` on both axes).
+        reduce_windows: how sliding windows are combined: ``"max"`` or ``"mean"`` over the windows,
+            or (``grid`` only) ``"map"``: keep the window map, adaptive-pooled to
+            ``map_size x map_size`` bins.
+        map_size: side of the kept window map for ``reduce_windows="map"``.
     """
 
     name = "window"
-    summary = "variable-window multi-scale pooling (levels, reduce max|mean, grid bins, sliding mode)"
+    summary = (
+        "variable-window multi-scale pooling (levels or fractional edges, reduce max|mean, grid bins, "
+        "1-D or 2-D sliding windows with window_size, stride, reduce_windows max|mean|map, map_size)"
+    )
     supports_grid = True
 
     def __init__(
@@ -217,6 +509,7 @@ class WindowPooler(Pooler):
         hidden_size: int,
         *,
         levels: tuple[int, ...] | list[int] = (1, 2, 4),
+        edges: list[list[float]] | None = None,
         reduce: str = "max",
         project: bool = True,
         grid: bool = False,
@@ -224,29 +517,53 @@ class WindowPooler(Pooler):
         window_size: int = 8,
         stride: int = 4,
         reduce_windows: str = "max",
+        map_size: int = 2,
     ) -> None:
         super().__init__(hidden_size)
         levels = tuple(int(k) for k in levels)
         if not levels or any(k < 1 for k in levels):
             raise ValueError(f"window option levels must be positive integers, got {levels}")
-        for key, value in (("reduce", reduce), ("reduce_windows", reduce_windows)):
-            if value not in REDUCTIONS:
-                raise ValueError(f"window option {key}={value!r} is not one of {REDUCTIONS}")
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"window option reduce={reduce!r} is not one of {REDUCTIONS}")
+        if reduce_windows not in WINDOW_REDUCTIONS:
+            raise ValueError(f"window option reduce_windows={reduce_windows!r} is not one of {WINDOW_REDUCTIONS}")
         if mode not in MODES:
             raise ValueError(f"window option mode={mode!r} is not one of {MODES}")
         if window_size < 1 or stride < 1:
             raise ValueError(f"window options window_size and stride must be >= 1, got {window_size}, {stride}")
-        if mode == "sliding" and grid:
-            raise ValueError("window option grid=True works with mode='adaptive' only; set grid=False")
-        self.levels, self.reduce, self.grid, self.mode = levels, reduce, grid, mode
-        self.window_size, self.stride, self.reduce_windows = window_size, stride, reduce_windows
+        if map_size < 1:
+            raise ValueError(f"window option map_size must be >= 1, got {map_size}")
+        if reduce_windows == "map" and not (grid and mode == "sliding"):
+            raise ValueError(
+                "window option reduce_windows='map' keeps a 2-D window map: it needs grid=True and mode='sliding'"
+            )
+        self.level_edges: tuple[tuple[Fraction, ...], ...] | None = None
+        if edges is not None:
+            if mode != "adaptive":
+                raise ValueError("window option edges sets adaptive bins: use it with mode='adaptive' (the default)")
+            self.level_edges = exact_edges(edges)
+            derived = tuple(len(level) - 1 for level in self.level_edges)
+            if levels not in (derived, (1, 2, 4)):
+                raise ValueError(
+                    f"window options levels={list(levels)} and edges (window counts {list(derived)}) disagree; "
+                    "give edges alone, levels is derived from it"
+                )
+            levels = derived
+            edges = [[float(e) for e in level] for level in edges]
+        self.levels, self.edges, self.reduce, self.grid, self.mode = levels, edges, reduce, grid, mode
+        self.window_size, self.stride, self.reduce_windows, self.map_size = (
+            window_size,
+            stride,
+            reduce_windows,
+            map_size,
+        )
         self.projection = nn.Linear(self.feature_dim, hidden_size) if project else None
 
     @property
     def feature_dim(self) -> int:
         """Width of the concatenated window features before projection."""
         if self.mode == "sliding":
-            return self.hidden_size
+            return self.hidden_size * (self.map_size**2 if self.reduce_windows == "map" else 1)
         windows = sum(k * k for k in self.levels) if self.grid else sum(self.levels)
         return self.hidden_size * windows
 
@@ -262,6 +579,7 @@ class WindowPooler(Pooler):
     def options(self) -> dict[str, Any]:
         return {
             "levels": list(self.levels),
+            "edges": self.edges,
             "reduce": self.reduce,
             "project": self.projection is not None,
             "grid": self.grid,
@@ -269,6 +587,7 @@ class WindowPooler(Pooler):
             "window_size": self.window_size,
             "stride": self.stride,
             "reduce_windows": self.reduce_windows,
+            "map_size": self.map_size,
         }
 
     def forward(
@@ -289,20 +608,35 @@ class WindowPooler(Pooler):
                 f"window pooler built with grid=False got grid_size={tuple(grid_size)}; build it with grid=True "
                 "to pool k x k patch bins, or pass grid_size=None for 1-D windows over the tokens"
             )
+        if self.grid and grid_size is None:
+            raise ValueError("window pooler built with grid=True needs grid_size=(h, w) at forward")
         token_mask = real_token_mask(hidden_states, attention_mask, num_prefix_tokens)
-        if self.mode == "sliding":
+        levels = self.level_edges if self.level_edges is not None else self.levels
+        if self.grid:
+            grid_start = patch_grid_start(attention_mask, num_prefix_tokens)
+            if self.mode == "sliding":
+                features = grid_sliding_features(
+                    hidden_states,
+                    token_mask,
+                    num_prefix_tokens,
+                    tuple(grid_size),
+                    self.window_size,
+                    self.stride,
+                    self.reduce,
+                    self.reduce_windows,
+                    self.map_size,
+                    grid_start,
+                )
+            else:
+                features = grid_window_features(
+                    hidden_states, token_mask, num_prefix_tokens, tuple(grid_size), levels, self.reduce, grid_start
+                )
+        elif self.mode == "sliding":
             features = sliding_window_features(
                 hidden_states, token_mask, self.window_size, self.stride, self.reduce, self.reduce_windows
             )
-        elif self.grid:
-            if grid_size is None:
-                raise ValueError("window pooler built with grid=True needs grid_size=(h, w) at forward")
-            grid_start = patch_grid_start(attention_mask, num_prefix_tokens)
-            features = grid_window_features(
-                hidden_states, token_mask, num_prefix_tokens, tuple(grid_size), self.levels, self.reduce, grid_start
-            )
         else:
-            features = adaptive_window_features(hidden_states, token_mask, self.levels, self.reduce)
+            features = adaptive_window_features(hidden_states, token_mask, levels, self.reduce)
         if self.projection is None:
             return features
         pooled = self.projection(features)

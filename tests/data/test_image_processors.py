@@ -222,3 +222,15 @@ def test_crop_processor_run_trains_and_predicts_on_the_pixels_it_trained_on(tmp_
     assert evaluated["accuracy"] == metrics["accuracy"] and evaluated["loss"] == pytest.approx(
         metrics["loss"], abs=1e-5
     )
+
+
+def test_a_processor_that_cannot_reach_the_size_is_a_one_line_error():
+    """No resize, a fixed pad: scaling its lengths cannot change what it outputs."""
+    from transformers import ViTImageProcessorPil
+
+    processor = ViTImageProcessorPil(do_resize=False, do_pad=True, pad_size={"height": 100, "width": 100})
+    assert processed_size(processor) == (100, 100)
+    with pytest.raises(
+        PoolftError, match=r"cannot make ViTImageProcessorPil give 50 px images \(it gives \(100, 100\)\)"
+    ):
+        processor_for_image_size(processor, 50)

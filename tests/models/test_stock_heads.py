@@ -175,10 +175,9 @@ def run_stock(tmp_path, backbone, *extra: str) -> tuple[int, object]:
 
 @pytest.mark.parametrize(
     "family, extra",
-    # the DINOv2 case, and two heads saved at another size than their backbone's (the
-    # compatibility matrix runs every family's stock head at its own size)
-    [("dinov2", ()), ("vit", ("--data.image_size=48",)), ("deit", ("--data.image_size=48",))],
-    ids=["dinov2", "vit-48px", "deit-48px"],
+    # every stock family at its processor's size, and two heads saved at another size than their backbone's
+    [(name, ()) for name in IMAGE_HEADS] + [("vit", ("--data.image_size=48",)), ("deit", ("--data.image_size=48",))],
+    ids=[*IMAGE_HEADS, "vit-48px", "deit-48px"],
 )
 def test_stock_head_trains_saves_reloads_and_predicts(family_dirs, family, extra, tmp_path, capsys):
     code, images = run_stock(tmp_path, family_dirs[family], *extra)
