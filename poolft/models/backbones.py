@@ -157,7 +157,8 @@ def check_pooler(model: ModelConfig) -> None:
 def checked_option(pooler: str, key: str, value: Any, default: Any) -> Any:
     """``value`` if it has the option default's type (bool, int, number, text, list of ints), else an error.
 
-    A number written as text (YAML reads ``1e-6`` without a dot as a string) becomes a float.
+    A number written as text (YAML reads ``1e-6`` without a dot as a string) becomes a float. An
+    option whose default is None (``window.edges``) takes None or a list of lists of numbers.
     """
     if isinstance(default, float) and isinstance(value, str) and NUMBER.fullmatch(value.strip()):
         value = float(value)
@@ -172,6 +173,12 @@ def checked_option(pooler: str, key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         kind = "a list of integers, e.g. [1, 2, 4]"
+    elif default is None:
+        ok = value is None or (
+            isinstance(value, (list, tuple))
+            and all(isinstance(level, (list, tuple)) and all(_is_number(e) for e in level) for level in value)
+        )
+        kind = "a list of lists of numbers, e.g. [[0, 0.1, 0.5, 1.0]]"
     else:
         return value
     if not ok:
@@ -179,6 +186,10 @@ def checked_option(pooler: str, key: str, value: Any, default: Any) -> Any:
             f"pooler option {pooler}.{key}={value!r} has the wrong type; make it {kind} (default {default!r})"
         )
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def build_model(

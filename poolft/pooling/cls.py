@@ -1,4 +1,4 @@
-"""CLS pooling: the state of the first real token, optionally through BERT's dense + tanh."""
+"""CLS pooling: the first real token, optionally through BERT's dense + tanh, or beside the mean (DINOv2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .base import Pooler, register_pooler
-from .masking import real_token_mask
+from .masking import masked_mean, real_token_mask
 
 
 def first_real_token(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -65,5 +65,70 @@ class ClsPooler(Pooler):
         if self.dense is None:
             return pooled
         projected = torch.tanh(self.dense(pooled))
+        has_token = real_token_mask(hidden_states, attention_mask).any(dim=1, keepdim=True)
+        return torch.where(has_token, projected, projected.new_zeros(()))
+
+
+def mean_after_prefix(
+    hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, num_prefix_tokens: int
+) -> torch.Tensor:
+    """Masked mean ``(batch, hidden)`` of each row's real tokens after its prefix (zeros for none).
+
+    Without a mask (images) it is the plain mean of ``hidden_states[:, num_prefix_tokens:]``, summed
+    in float32 in one pass over that slice: bit for bit what ``Dinov2ForImageClassification``
+    computes in float32 (zero-filled prefix columns would change the summation order).
+    """
+    if attention_mask is None and num_prefix_tokens < hidden_states.size(1):
+        patches = hidden_states[:, num_prefix_tokens:]
+        return (patches.sum(dim=1, dtype=torch.float32) / patches.size(1)).to(hidden_states.dtype)
+    return masked_mean(hidden_states, real_token_mask(hidden_states, attention_mask, num_prefix_tokens))
+
+
+@register_pooler
+class ClsMeanPooler(Pooler):
+    """``[first real token, mean of the real tokens after the prefix]``: DINOv2's linear-evaluation input.
+
+    The features DINOv2's linear classifiers read (Oquab et al. 2023) and
+    ``Dinov2ForImageClassification`` classifies: the class token beside the mean of the patch
+    tokens (registers, being prefix tokens, are left out of the mean, as in
+    ``Dinov2WithRegistersForImageClassification``). ``output_dim`` is ``2 * hidden``; with
+    ``project=True`` a linear layer maps it back to ``hidden``. A row with no real token gives zeros;
+    a row whose only real tokens are prefix tokens gives ``[first token, 0]``.
+    """
+
+    name = "clsmean"
+    summary = "[first real token, masked mean after the prefix] (DINOv2; 2 x hidden; options: project)"
+
+    def __init__(self, hidden_size: int, *, project: bool = False) -> None:
+        super().__init__(hidden_size)
+        self.projection = nn.Linear(2 * hidden_size, hidden_size) if project else None
+
+    @property
+    def output_dim(self) -> int:
+        return self.hidden_size if self.projection is not None else 2 * self.hidden_size
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"project": self.projection is not None}
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        num_prefix_tokens: int = 0,
+        grid_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """``(batch, 2 * hidden)`` (or ``(batch, hidden)`` projected); ``grid_size`` is ignored (order-free)."""
+        pooled = torch.cat(
+            [
+                first_real_token(hidden_states, attention_mask),
+                mean_after_prefix(hidden_states, attention_mask, num_prefix_tokens),
+            ],
+            dim=-1,
+        )
+        if self.projection is None:
+            return pooled
+        projected = self.projection(pooled)
         has_token = real_token_mask(hidden_states, attention_mask).any(dim=1, keepdim=True)
         return torch.where(has_token, projected, projected.new_zeros(()))

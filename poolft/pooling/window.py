@@ -283,7 +283,7 @@ def range_argmax_cells(
     col_arg = col_index.gather(1, col_step).view(num_cols, batch * hidden, height)
     by_row = col_max.view(num_cols, batch * hidden, height).permute(2, 0, 1).reshape(height, -1)  # (h, C*b*c)
     picked = by_row[row_index.flatten()].view(num_rows, row_index.size(1), -1)
-    row_arg = row_index.gather(1, picked.argmax(dim=1)).view(num_rows, num_cols, batch * hidden)  # (R, C, b*c)
+    row_arg = row_index.gather(1, picked.max(dim=1).indices).view(num_rows, num_cols, batch * hidden)  # (R, C, b*c)
     col_at_row = col_arg.permute(2, 0, 1).gather(0, row_arg)  # (R, C, b*c)
     cell = row_arg * width + col_at_row
     return cell.permute(2, 0, 1).reshape(batch, hidden, num_rows, num_cols)
@@ -498,10 +498,7 @@ class WindowPooler(Pooler):
     """
 
     name = "window"
-    summary = (
-        "variable-window multi-scale pooling (levels or fractional edges, reduce max|mean, grid bins, "
-        "1-D or 2-D sliding windows with window_size, stride, reduce_windows max|mean|map, map_size)"
-    )
+    summary = "variable-window multi-scale pooling (levels or edges, max|mean, grid bins, 1-D or 2-D sliding windows)"
     supports_grid = True
 
     def __init__(

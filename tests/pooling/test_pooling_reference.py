@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -137,6 +138,21 @@ def ref_cls(head, x, mask, prefix):
     return torch.stack(rows)
 
 
+def ref_clsmean(head, x, mask, prefix):
+    """``[first real token, mean of the real tokens after the prefix]``, projected if asked."""
+    batch, _, hidden = x.shape
+    rows = []
+    for b in range(batch):
+        real = real_positions(mask[b], 0)
+        first = x[b, real[0]] if real else torch.zeros(hidden, dtype=torch.float64)
+        vector = torch.cat([first, reduce_vectors([x[b, t] for t in real_positions(mask[b], prefix)], "mean", hidden)])
+        if head.options["project"]:
+            weight, bias = params(head.projection)
+            vector = weight @ vector + bias if real else torch.zeros(hidden, dtype=torch.float64)
+        rows.append(vector)
+    return torch.stack(rows)
+
+
 def ref_mean(head, x, mask, prefix):
     hidden = x.shape[-1]
     return torch.stack(
@@ -219,6 +235,21 @@ def ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
+def level_ranges(level, n: int) -> list[tuple[int, int]]:
+    """Windows of one level over ``n`` items: ``k`` equal ones, or ``[floor(e_j*n), ceil(e_{j+1}*n))`` for edges.
+
+    Edges are read as decimal fractions (``Fraction(str(e))``), so ``0.3 * 10`` is exactly 3.
+    """
+    if isinstance(level, int):
+        return [(floor_div(j * n, level), ceil_div((j + 1) * n, level)) for j in range(level)]
+    edges = [Fraction(str(e)) for e in level]
+    return [(math.floor(a * n), math.ceil(b * n)) for a, b in zip(edges, edges[1:])]
+
+
+def window_levels(opts) -> list:
+    return opts["edges"] if opts.get("edges") is not None else list(opts["levels"])
+
+
 def ref_window_adaptive(x, mask, prefix, levels, how):
     batch, _, hidden = x.shape
     rows = []
@@ -226,11 +257,57 @@ def ref_window_adaptive(x, mask, prefix, levels, how):
         positions = real_positions(mask[b], prefix)
         n = len(positions)
         feats = []
-        for k in levels:
-            for j in range(k):
-                start, end = floor_div(j * n, k), ceil_div((j + 1) * n, k)
+        for level in levels:
+            for start, end in level_ranges(level, n):
                 feats.append(reduce_vectors([x[b, positions[r]] for r in range(start, end)], how, hidden))
         rows.append(torch.cat(feats))
+    return torch.stack(rows)
+
+
+def grid_cells(x, mask, b, prefix, grid_size):
+    """``cells[r][c]``: the float64 state of patch (r, c) of row ``b``, or None for an absent patch."""
+    height, width = grid_size
+    start = grid_start(mask[b], prefix)
+    cells = [[None] * width for _ in range(height)]
+    for r in range(height):
+        for c in range(width):
+            t = start + r * width + c
+            if t < len(mask[b]) and mask[b][t] != 0:
+                cells[r][c] = x[b, t]
+    return cells
+
+
+def pool_rectangles(cells, row_ranges, col_ranges, how, hidden):
+    """Reduce the present cells of each rectangle; returns ``[[vector or None]]`` (None: nothing present)."""
+    out = []
+    for row_lo, row_hi in row_ranges:
+        line = []
+        for col_lo, col_hi in col_ranges:
+            members = [cells[r][c] for r in range(row_lo, row_hi) for c in range(col_lo, col_hi)]
+            members = [m for m in members if m is not None]
+            line.append(reduce_vectors(members, how, hidden) if members else None)
+        out.append(line)
+    return out
+
+
+def ref_window_grid_sliding(x, mask, prefix, grid_size, opts):
+    """Windows along each axis as ``sliding_windows`` lists them (= max_pool2d with ceil_mode=True)."""
+    batch, _, hidden = x.shape
+    size, stride, how = opts["window_size"], opts["stride"], opts["reduce"]
+    rows = []
+    for b in range(batch):
+        cells = grid_cells(x, mask, b, prefix, grid_size)
+        row_ranges = sliding_windows(grid_size[0], size, stride)
+        col_ranges = sliding_windows(grid_size[1], size, stride)
+        windows = pool_rectangles(cells, row_ranges, col_ranges, how, hidden)
+        if opts["reduce_windows"] != "map":
+            present = [w for line in windows for w in line if w is not None]
+            rows.append(reduce_vectors(present, opts["reduce_windows"], hidden))
+            continue
+        k = opts["map_size"]
+        bins = pool_rectangles(windows, level_ranges(k, len(row_ranges)), level_ranges(k, len(col_ranges)), how, hidden)
+        zero = torch.zeros(hidden, dtype=torch.float64)
+        rows.append(torch.cat([v if v is not None else zero for line in bins for v in line]))
     return torch.stack(rows)
 
 
@@ -242,11 +319,9 @@ def ref_window_grid(x, mask, prefix, grid_size, levels, how):
     for b in range(batch):
         start = grid_start(mask[b], prefix)
         feats = []
-        for k in levels:
-            for bin_row in range(k):
-                row_lo, row_hi = floor_div(bin_row * height, k), ceil_div((bin_row + 1) * height, k)
-                for bin_col in range(k):
-                    col_lo, col_hi = floor_div(bin_col * width, k), ceil_div((bin_col + 1) * width, k)
+        for level in levels:
+            for row_lo, row_hi in level_ranges(level, height):
+                for col_lo, col_hi in level_ranges(level, width):
                     members = []
                     for r in range(row_lo, row_hi):
                         for c in range(col_lo, col_hi):
@@ -285,13 +360,15 @@ def ref_window_sliding(x, mask, prefix, size, stride, how, how_windows):
 
 def ref_window_features(head, x, mask, prefix, grid_size=None):
     opts = head.options
+    if opts["mode"] == "sliding" and opts["grid"]:
+        return ref_window_grid_sliding(x, mask, prefix, grid_size, opts)
     if opts["mode"] == "sliding":
         return ref_window_sliding(
             x, mask, prefix, opts["window_size"], opts["stride"], opts["reduce"], opts["reduce_windows"]
         )
     if opts["grid"]:
-        return ref_window_grid(x, mask, prefix, grid_size, opts["levels"], opts["reduce"])
-    return ref_window_adaptive(x, mask, prefix, opts["levels"], opts["reduce"])
+        return ref_window_grid(x, mask, prefix, grid_size, window_levels(opts), opts["reduce"])
+    return ref_window_adaptive(x, mask, prefix, window_levels(opts), opts["reduce"])
 
 
 def ref_window(head, x, mask, prefix, grid_size=None):
@@ -310,6 +387,7 @@ def ref_window(head, x, mask, prefix, grid_size=None):
 
 REFERENCES = {
     "cls": ref_cls,
+    "clsmean": ref_clsmean,
     "mean": ref_mean,
     "max": ref_max,
     "meanmax": ref_meanmax,
@@ -368,6 +446,8 @@ def check_against_reference(head, x, mask, prefix=0, grid_size=None, exact=False
 SEQUENCE_HEADS = [
     ("cls", {}),
     ("cls", {"dense": True}),
+    ("clsmean", {}),
+    ("clsmean", {"project": True}),
     ("mean", {}),
     ("max", {}),
     ("meanmax", {}),
@@ -723,6 +803,10 @@ LOW_PRECISION_HEADS = SEQUENCE_HEADS + [
     ("window", {"grid": True}),
     ("window", {"grid": True, "reduce": "mean", "project": False}),
     ("window", {"grid": True, "reduce": "max", "project": False, "levels": (3,)}),
+    ("window", {"edges": [[0, 0.1, 0.5, 1.0]], "reduce": "mean"}),
+    ("window", {"grid": True, "edges": [[0, 0.3, 1.0], [0, 0.25, 0.5, 1.0]], "reduce": "mean", "project": False}),
+    ("window", {"grid": True, "mode": "sliding", "window_size": 2, "stride": 1, "reduce": "mean"}),
+    ("window", {"grid": True, "mode": "sliding", "window_size": 3, "stride": 2, "reduce_windows": "map"}),
 ]
 
 
@@ -748,3 +832,253 @@ def test_low_precision_matches_fp32_reference(spec, dtype):
         assert torch.isfinite(out).all()
         expected = reference(head, x, mask, prefix, grid_size)  # float64 from the same rounded numbers
         torch.testing.assert_close(out.double(), expected, **LOW_PRECISION_TOL[dtype])
+
+
+# ----------------------------------------------------------------------------------------------
+# clsmean: DINOv2's [CLS, mean of patches] against the stock transformers models
+# ----------------------------------------------------------------------------------------------
+
+
+def test_clsmean_reads_first_real_token_and_mean_after_the_prefix():
+    head = make_head("clsmean")
+    mask = [[0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]
+    x = make_states(mask, seed=41)
+    out = run_head(head, x, mask, prefix=1)
+    assert head.output_dim == 2 * HIDDEN
+    assert torch.equal(out[0, :HIDDEN], x[0, 2])
+    torch.testing.assert_close(out[0, HIDDEN:], x[0, 3:].mean(dim=0))
+    assert torch.equal(out[1, :HIDDEN], x[1, 0])
+    torch.testing.assert_close(out[1, HIDDEN:], x[1, 1:3].mean(dim=0))
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_clsmean_equals_the_features_dinov2_classifies(registers):
+    """``clsmean`` on a tiny DINOv2 equals, bit for bit, what ``Dinov2(WithRegisters)ForImageClassification`` classifies."""
+    from transformers import (
+        Dinov2Config,
+        Dinov2ForImageClassification,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersForImageClassification,
+    )
+
+    settings = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    settings.update(image_size=28, patch_size=7, num_labels=3)
+    torch.manual_seed(0)
+    if registers:
+        model = Dinov2WithRegistersForImageClassification(
+            Dinov2WithRegistersConfig(num_register_tokens=registers, **settings)
+        )
+        encoder = model.dinov2_with_registers
+    else:
+        model = Dinov2ForImageClassification(Dinov2Config(**settings))
+        encoder = model.dinov2
+    model.eval()
+    seen = {}
+    model.classifier.register_forward_hook(lambda module, args, output: seen.update(features=args[0]))
+    pixels = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model(pixel_values=pixels)
+        states = encoder(pixel_values=pixels).last_hidden_state
+        pooled = build_pooler("clsmean", 32)(states, None, num_prefix_tokens=1 + registers)
+    assert states.shape[1] == 1 + registers + 16
+    assert torch.equal(pooled, seen["features"])
+
+
+# ----------------------------------------------------------------------------------------------
+# edges: position-dependent adaptive windows
+# ----------------------------------------------------------------------------------------------
+
+EDGES = [
+    [[0, 0.1, 0.5, 1.0]],
+    [[0, 1], [0, 0.3, 1.0], [0, 0.25, 0.3, 0.9, 1]],
+    [[0, 0.05, 0.15, 0.3, 0.6, 1.0]],
+]
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+@pytest.mark.parametrize("edges", EDGES, ids=str)
+def test_window_edges_match_reference(edges, reduce):
+    head = make_head("window", edges=edges, reduce=reduce, project=False)
+    assert head.levels == tuple(len(level) - 1 for level in edges)
+    assert head.output_dim == HIDDEN * sum(head.levels)
+    for seed, (kind, prefix) in enumerate(MASK_CASES):
+        mask = MASKS[kind]
+        check_against_reference(head, make_states(mask, seed), mask, prefix, exact=reduce == "max", case=kind)
+    head = make_head("window", edges=edges, reduce=reduce, project=False, grid=True)
+    for grid_size in GRIDS:
+        mask = grid_mask(4, 1, grid_size, seed=sum(grid_size))
+        x = make_states(mask, seed=3)
+        check_against_reference(head, x, mask, 1, grid_size, exact=reduce == "max", case=str(grid_size))
+    head = make_head("window", edges=edges, reduce=reduce)  # projected
+    check_against_reference(head, make_states(MASKS["mixed"], 5), MASKS["mixed"], 1)
+
+
+def test_window_edges_use_exact_fractions():
+    """``[0, 0.7, 1]`` over 10 tokens: ranks [0, 7) and [7, 10), although 0.7 * 10 in floats is 7.000000000000001."""
+    assert math.ceil(0.7 * 10) == 8 and math.floor(0.29 * 100) == 28  # the float traps the head must avoid
+    head = make_head("window", edges=[[0, 0.7, 1.0]], reduce="mean", project=False)
+    x = torch.arange(10.0).view(1, 10, 1).expand(1, 10, HIDDEN).contiguous()
+    out = head(x, None).view(2, HIDDEN)[:, 0]
+    torch.testing.assert_close(out, torch.tensor([3.0, 8.0]))  # mean(0..6), mean(7..9)
+    head = make_head("window", edges=[[0, 0.29, 1.0]], reduce="max", project=False)
+    x = torch.arange(100.0).view(1, 100, 1).expand(1, 100, HIDDEN).contiguous()
+    assert head(x, None).view(2, HIDDEN)[:, 0].tolist() == [28.0, 99.0]  # [0, 29) and [29, 100)
+    head = make_head("window", edges=[[0, 0.29, 1.0]], reduce="mean", project=False)
+    assert head(x, None).view(2, HIDDEN)[1, 0].item() == sum(range(29, 100)) / 71
+    # a short window at the start, longer after: 20 tokens, edges 0, 0.1, 0.5, 1 -> [0,2) [2,10) [10,20)
+    head = make_head("window", edges=[[0, 0.1, 0.5, 1.0]], reduce="max", project=False)
+    x = torch.arange(20.0).view(1, 20, 1).expand(1, 20, HIDDEN).contiguous()
+    assert head(x, None).view(3, HIDDEN)[:, 0].tolist() == [1.0, 9.0, 19.0]
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_window_equal_edges_are_levels_bit_for_bit(reduce):
+    """``edges = [[j/k for j in 0..k]]`` (floats) gives exactly the ``levels`` head: 1-D at lengths 1..50, and grids."""
+    for levels in [(3,), (5,), (7,), (1, 2, 4), (6, 3)]:
+        edges = [[j / k for j in range(k + 1)] for k in levels]
+        by_levels = make_head("window", levels=levels, reduce=reduce, project=False)
+        by_edges = make_head("window", edges=edges, reduce=reduce, project=False)
+        x = torch.randn(2, 50, HIDDEN, generator=torch.Generator().manual_seed(len(levels)))
+        for n in range(1, 51):
+            mask = torch.tensor([[1] * n + [0] * (50 - n), [0] * (50 - n) + [1] * n])
+            assert torch.equal(by_edges(x, mask), by_levels(x, mask)), (levels, n)
+        by_levels = make_head("window", levels=levels, reduce=reduce, project=False, grid=True)
+        by_edges = make_head("window", edges=edges, reduce=reduce, project=False, grid=True)
+        for grid_size in [(7, 5), (3, 10), (1, 1)]:
+            x = torch.randn(2, 1 + grid_size[0] * grid_size[1], HIDDEN)
+            assert torch.equal(
+                by_edges(x, None, num_prefix_tokens=1, grid_size=grid_size),
+                by_levels(x, None, num_prefix_tokens=1, grid_size=grid_size),
+            ), (levels, grid_size)
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_window_generic_grid_ranges_match_adaptive_pooling(reduce):
+    """The 2-D path for unequal edges, fed equal ranges, agrees with torch's adaptive pooling."""
+    from torch.nn import functional as F
+
+    from poolft.pooling.window import reduce_grid_ranges
+
+    grid = torch.randn(2, HIDDEN, 7, 5, generator=torch.Generator().manual_seed(4))
+    for k in (1, 2, 3, 4, 6):
+        rows = (
+            torch.tensor([j * 7 // k for j in range(k)]),
+            torch.tensor([ceil_div((j + 1) * 7, k) for j in range(k)]),
+        )
+        cols = (
+            torch.tensor([j * 5 // k for j in range(k)]),
+            torch.tensor([ceil_div((j + 1) * 5, k) for j in range(k)]),
+        )
+        pooled, present = reduce_grid_ranges(grid, torch.ones(2, 1, 7, 5, dtype=torch.bool), rows, cols, reduce)
+        assert present.all()
+        if reduce == "max":
+            assert torch.equal(pooled, F.adaptive_max_pool2d(grid, k))
+        else:
+            torch.testing.assert_close(pooled, F.adaptive_avg_pool2d(grid, k), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2-D sliding (local) pooling over the patch grid
+# ----------------------------------------------------------------------------------------------
+
+GRID_SLIDING = [
+    {"window_size": 2, "stride": 1, "reduce": "max", "reduce_windows": "max"},
+    {"window_size": 3, "stride": 2, "reduce": "mean", "reduce_windows": "mean"},
+    {"window_size": 2, "stride": 3, "reduce": "max", "reduce_windows": "mean"},  # gaps between windows
+    {"window_size": 4, "stride": 4, "reduce": "mean", "reduce_windows": "max"},  # larger than some grids
+    {"window_size": 3, "stride": 2, "reduce": "max", "reduce_windows": "map", "map_size": 2},
+    {"window_size": 2, "stride": 1, "reduce": "mean", "reduce_windows": "map", "map_size": 3},
+]
+
+
+@pytest.mark.parametrize("sliding", GRID_SLIDING, ids=lambda o: "-".join(map(str, o.values())))
+def test_window_grid_sliding_matches_reference(sliding):
+    head = make_head("window", grid=True, mode="sliding", project=False, **sliding)
+    exact = sliding["reduce"] == "max" and sliding["reduce_windows"] in ("max", "map")
+    for grid_size in GRIDS + [(5, 6)]:
+        for prefix in (0, 1, 2):
+            mask = grid_mask(4, prefix, grid_size, seed=sum(grid_size) + prefix)
+            x = make_states(mask, seed=prefix)
+            check_against_reference(head, x, mask, prefix, grid_size, exact=exact, case=f"{grid_size} prefix={prefix}")
+    projected = make_head("window", grid=True, mode="sliding", **sliding)
+    mask = grid_mask(4, 1, (3, 5), seed=2)
+    check_against_reference(projected, make_states(mask, seed=2), mask, 1, (3, 5))
+
+
+def test_grid_sliding_reference_windows_follow_ceil_mode():
+    """Pin the reference's windows to max_pool2d(ceil_mode=True)'s output sizes, and a short axis to one window."""
+    from torch.nn import functional as F
+
+    for length in range(1, 12):
+        for size, stride in [(2, 1), (3, 2), (2, 3), (4, 4), (3, 5)]:
+            windows = sliding_windows(length, size, stride)
+            if length >= size:
+                pooled = F.max_pool2d(torch.zeros(1, 1, length, 1), (size, 1), (stride, 1), ceil_mode=True)
+                assert len(windows) == pooled.shape[2], (length, size, stride)
+            else:
+                assert windows == [(0, length)]
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_window_grid_sliding_map_is_torch_pool2d(reduce):
+    """A map kept at its own size is ``max_pool2d``/``avg_pool2d(ceil_mode=True)`` of the patches, compared directly."""
+    from torch.nn import functional as F
+
+    torch_pool = F.max_pool2d if reduce == "max" else F.avg_pool2d
+    for (height, width), size, stride in [
+        ((5, 7), 2, 2),
+        ((6, 6), 3, 2),
+        ((4, 9), 2, 3),
+        ((7, 4), 4, 1),
+        ((3, 3), 3, 3),
+    ]:
+        patches = torch.randn(2, HIDDEN, height, width, generator=torch.Generator().manual_seed(height * width))
+        expected = torch_pool(patches, size, stride, ceil_mode=True)
+        out_h, out_w = expected.shape[-2:]
+        if out_h != out_w:
+            expected = expected[..., : min(out_h, out_w), : min(out_h, out_w)]  # the map is square: pool a square crop
+        crop = (
+            min(height, (min(out_h, out_w) - 1) * stride + size),
+            min(width, (min(out_h, out_w) - 1) * stride + size),
+        )
+        head = make_head(
+            "window",
+            grid=True,
+            mode="sliding",
+            window_size=size,
+            stride=stride,
+            reduce=reduce,
+            reduce_windows="map",
+            map_size=expected.shape[-1],
+            project=False,
+        )
+        cropped = patches[..., : crop[0], : crop[1]]
+        tokens = torch.cat([torch.full((2, HIDDEN, 1), 1e4), cropped.flatten(2)], dim=2).transpose(1, 2)
+        out = head(tokens, None, num_prefix_tokens=1, grid_size=crop)
+        features = out.view(2, -1, HIDDEN).transpose(1, 2).reshape(expected.shape)
+        if reduce == "max":
+            assert torch.equal(features, expected)
+        else:
+            torch.testing.assert_close(features, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_window_grid_sliding_explicit_values():
+    """A 3x4 grid of values r*4 + c, window 2, stride 2: windows rows [0,2), [2,3) x cols [0,2), [2,4)."""
+    head = make_head(
+        "window",
+        grid=True,
+        mode="sliding",
+        window_size=2,
+        stride=2,
+        reduce="mean",
+        reduce_windows="map",
+        map_size=2,
+        project=False,
+    )
+    values = torch.arange(12.0)
+    x = torch.cat([torch.tensor([-1.0]), values]).view(1, 13, 1).expand(1, 13, HIDDEN).contiguous()
+    out = head(x, None, num_prefix_tokens=1, grid_size=(3, 4)).view(4, HIDDEN)[:, 0]
+    # partial bottom windows divide by their 2 in-grid patches, as avg_pool2d(ceil_mode=True) does
+    assert out.tolist() == [(0 + 1 + 4 + 5) / 4, (2 + 3 + 6 + 7) / 4, (8 + 9) / 2, (10 + 11) / 2]
+    small = make_head("window", grid=True, mode="sliding", window_size=5, stride=1, reduce="max", project=False)
+    assert small(x, None, num_prefix_tokens=1, grid_size=(3, 4))[0, 0].item() == 11.0  # one window covers it all
