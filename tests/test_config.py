@@ -390,3 +390,28 @@ def test_pooler_options_from_yaml_are_type_checked(tmp_path):
     config = load_config(None, ["--model.pooler=window", "--model.pooler_options={levels: [1, two]}"])
     with pytest.raises(PoolftError, match=r"window.levels=\[1, 'two'\] has the wrong type; make it a list of integers"):
         check_pooler(config.model)
+
+
+def test_window_edges_option_is_type_checked():
+    """``edges`` (a list of lists of numbers, default None) passes the override parser and the type check."""
+    from poolft.models.backbones import check_pooler
+
+    config = load_config(
+        None, ["--model.pooler=window", "--model.pooler_options={edges: [[0, 0.1, 0.5, 1.0]], grid: true}"]
+    )
+    check_pooler(config.model)
+    assert config.model.pooler_options["edges"] == [[0, 0.1, 0.5, 1.0]]
+    for bad, shown in [("[0, 0.5, 1]", r"\[0, 0.5, 1\]"), ("[[0, half, 1]]", r"\[\[0, 'half', 1\]\]"), ("0.5", "0.5")]:
+        config = load_config(None, ["--model.pooler=window", f"--model.pooler_options={{edges: {bad}}}"])
+        with pytest.raises(
+            PoolftError, match=rf"window.edges={shown} has the wrong type; make it a list of lists of numbers"
+        ):
+            check_pooler(config.model)
+    config = load_config(
+        None,
+        [
+            "--model.pooler=window",
+            "--model.pooler_options={mode: sliding, grid: true, reduce_windows: map, map_size: 3}",
+        ],
+    )
+    check_pooler(config.model)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .base import Pooler, register_pooler
-from .masking import masked_mean, real_token_mask
+from .masking import real_token_mask, zero_masked
 
 
 def first_real_token(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -74,14 +74,18 @@ def mean_after_prefix(
 ) -> torch.Tensor:
     """Masked mean ``(batch, hidden)`` of each row's real tokens after its prefix (zeros for none).
 
-    Without a mask (images) it is the plain mean of ``hidden_states[:, num_prefix_tokens:]``, summed
-    in float32 in one pass over that slice: bit for bit what ``Dinov2ForImageClassification``
-    computes in float32 (zero-filled prefix columns would change the summation order).
+    The float32 sum runs over positions ``num_prefix_tokens:`` in one pass and adds the (masked)
+    first columns separately: for an unpadded batch that is bit for bit ``hidden_states[:,
+    num_prefix_tokens:].mean(dim=1)``, what ``Dinov2ForImageClassification`` computes in float32
+    (summing zero-filled prefix columns in the same pass would change the summation order).
     """
-    if attention_mask is None and num_prefix_tokens < hidden_states.size(1):
-        patches = hidden_states[:, num_prefix_tokens:]
-        return (patches.sum(dim=1, dtype=torch.float32) / patches.size(1)).to(hidden_states.dtype)
-    return masked_mean(hidden_states, real_token_mask(hidden_states, attention_mask, num_prefix_tokens))
+    token_mask = real_token_mask(hidden_states, attention_mask, num_prefix_tokens)
+    kept = zero_masked(hidden_states, token_mask)
+    total = kept[:, num_prefix_tokens:].sum(dim=1, dtype=torch.float32)
+    if num_prefix_tokens:  # a left-padded row's real tokens can sit in the first columns
+        total = total + kept[:, :num_prefix_tokens].sum(dim=1, dtype=torch.float32)
+    count = token_mask.sum(dim=1, keepdim=True).clamp(min=1).to(torch.float32)
+    return (total / count).to(hidden_states.dtype)
 
 
 @register_pooler

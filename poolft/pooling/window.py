@@ -347,8 +347,9 @@ def grid_window_features(
 
     A level is a window count ``k`` (equal edges ``j/k``) or its fractional edges; on each axis of
     length ``n`` bin ``j`` covers ``[floor(e_j*n), ceil(e_{j+1}*n))`` -- adaptive pooling's bounds
-    when the edges are equal. Levels whose edges are all equal run through
-    ``adaptive_max_pool2d``/``adaptive_avg_pool2d``, any other edges through ``reduce_grid_ranges``.
+    when the edges are equal. A level with equal edges runs through ``adaptive_max_pool2d``/
+    ``adaptive_avg_pool2d`` (so ``edges`` ``j/k`` give exactly ``levels`` ``k``), any other through
+    ``reduce_grid_ranges``.
 
     Args:
         hidden_states: ``(batch, prefix + h*w, hidden)``.
@@ -359,42 +360,23 @@ def grid_window_features(
         ``(batch, hidden * sum(k*k))``, levels in order, bins row-major.
     """
     grid, grid_mask = patch_grid(hidden_states, token_mask, num_prefix_tokens, grid_size, grid_start)
-    level_edges = [equal_edges(k) if isinstance(k, int) else k for k in levels]
-    if all(edges == equal_edges(len(edges) - 1) for edges in level_edges):
-        features = []
-        for edges in level_edges:
-            k = len(edges) - 1
+    device = grid.device
+    features = []
+    for level in levels:
+        edges = equal_edges(level) if isinstance(level, int) else level
+        k = len(edges) - 1
+        if edges == equal_edges(k):
 
             def adaptive(values: torch.Tensor, how: str, k: int = k) -> torch.Tensor:
                 return F.adaptive_max_pool2d(values, k) if how == "max" else F.adaptive_avg_pool2d(values, k)
 
             pooled, _ = masked_pool2d(grid, grid_mask, reduce, adaptive)
-            features.append(pooled.flatten(2))
-        return torch.cat(features, dim=2).transpose(1, 2).flatten(1)
-    device = grid.device
-    row_start, row_end = edge_bounds(torch.tensor([grid_size[0]], device=device), level_edges)
-    col_start, col_end = edge_bounds(torch.tensor([grid_size[1]], device=device), level_edges)
-    pooled, _ = reduce_grid_ranges(grid, grid_mask, (row_start[0], row_end[0]), (col_start[0], col_end[0]), reduce)
-    # keep each level's own k x k block of the (sum k) x (sum k) product, row-major
-    counts = [len(edges) - 1 for edges in level_edges]
-    total = sum(counts)
-    offsets = [sum(counts[:level]) for level in range(len(counts))]
-    picked = [
-        (torch.arange(k, device=device).unsqueeze(1) + offset) * total + torch.arange(k, device=device) + offset
-        for k, offset in zip(counts, offsets)
-    ]
-    bins = pooled.flatten(2).index_select(2, torch.cat([p.flatten() for p in picked]))
-    return bins.transpose(1, 2).flatten(1)
-
-
-def sliding_window_count(length: int, window_size: int, stride: int) -> int:
-    """Windows along one axis as ``max_pool2d(ceil_mode=True, padding=0)`` counts them (at least 1).
-
-    ``ceil((length - window_size) / stride) + 1``, less one if the last window would start outside
-    the axis; an axis shorter than the window has one window covering it.
-    """
-    count = -(-max(length - window_size, 0) // stride) + 1
-    return count - 1 if (count - 1) * stride >= length else count
+        else:
+            rows = edge_bounds(torch.tensor([grid_size[0]], device=device), [edges])
+            cols = edge_bounds(torch.tensor([grid_size[1]], device=device), [edges])
+            pooled, _ = reduce_grid_ranges(grid, grid_mask, (rows[0][0], rows[1][0]), (cols[0][0], cols[1][0]), reduce)
+        features.append(pooled.flatten(2))
+    return torch.cat(features, dim=2).transpose(1, 2).flatten(1)
 
 
 def grid_sliding_features(

@@ -49,6 +49,12 @@ HEAD_SPECS = [(name, {}) for name in POOLERS] + [
     ("attention", {"num_queries": 2, "num_heads": 2}),
     ("window", {"levels": [1, 3], "reduce": "mean", "project": False}),
     ("window", {"mode": "sliding", "window_size": 3, "stride": 2}),
+    ("clsmean", {"project": True}),
+    ("window", {"edges": [[0, 0.1, 0.5, 1.0]], "reduce": "mean"}),
+]
+#: image-only options (2-D windows over the patch grid)
+IMAGE_HEAD_SPECS = [
+    ("window", {"grid": True, "mode": "sliding", "window_size": 2, "stride": 1, "reduce_windows": "map"}),
 ]
 
 
@@ -109,7 +115,10 @@ def backbone_dirs(tiny_bert_dir: Path, tiny_vit_dir: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(
-    scope="module", params=[(kind, name, options) for kind in KINDS for name, options in HEAD_SPECS], ids=spec_id
+    scope="module",
+    params=[(kind, name, options) for kind in KINDS for name, options in HEAD_SPECS]
+    + [("image", name, options) for name, options in IMAGE_HEAD_SPECS],
+    ids=spec_id,
 )
 def saved(request, tmp_path_factory, backbone_dirs, tiny_texts) -> Saved:
     """A poolft model per (kind, head, options) built with ``from_backbone``, saved with its preprocessor."""

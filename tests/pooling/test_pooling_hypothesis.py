@@ -23,6 +23,8 @@ REORDER_TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 4e-3}
 SEQUENCE_HEADS = [
     ("cls", {}),
     ("cls", {"dense": True}),
+    ("clsmean", {}),
+    ("clsmean", {"project": True}),
     ("mean", {}),
     ("max", {}),
     ("meanmax", {}),
@@ -34,11 +36,18 @@ SEQUENCE_HEADS = [
     ("window", {"levels": (2, 5), "reduce": "max", "project": False}),
     ("window", {"mode": "sliding", "window_size": 3, "stride": 2}),
     ("window", {"mode": "sliding", "window_size": 4, "stride": 5, "reduce": "mean", "reduce_windows": "mean"}),
+    ("window", {"edges": [[0, 0.1, 0.5, 1.0], [0, 0.7, 1]], "reduce": "max", "project": False}),
 ]
 GRID_HEADS = [
     ("window", {"grid": True}),
     ("window", {"grid": True, "levels": (1, 3), "reduce": "mean", "project": False}),
     ("window", {"grid": True, "levels": (2,), "reduce": "max", "project": False}),
+    ("window", {"grid": True, "edges": [[0, 0.2, 1], [0, 0.5, 0.6, 1]], "reduce": "mean", "project": False}),
+    ("window", {"grid": True, "mode": "sliding", "window_size": 2, "stride": 1, "reduce_windows": "mean"}),
+    (
+        "window",
+        {"grid": True, "mode": "sliding", "window_size": 3, "stride": 2, "reduce": "mean", "reduce_windows": "map"},
+    ),
 ]
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=None)
@@ -135,10 +144,10 @@ def check_case(spec, case, extra_columns: bool):
     assert out.dtype == dtype
     assert torch.isfinite(out).all()
 
-    # cls reads the first real token even if it is a prefix token; the other heads skip each row's
+    # cls (and clsmean) read the first real token even if it is a prefix token; the others skip each row's
     # first ``prefix`` real tokens, so a row needs more than ``prefix`` of them
     real_count = mask.bool().sum(dim=1)
-    empty = real_count == 0 if spec[0] == "cls" else real_count <= prefix
+    empty = real_count == 0 if spec[0] in ("cls", "clsmean") else real_count <= prefix
     assert torch.equal(out[empty], torch.zeros_like(out[empty]))
 
     value = fill_value(case["fill"], dtype)

@@ -16,6 +16,8 @@ BATCH = 4
 SEQUENCE_HEADS = [
     ("cls", {}),
     ("cls", {"dense": True}),
+    ("clsmean", {}),
+    ("clsmean", {"project": True}),
     ("mean", {}),
     ("max", {}),
     ("meanmax", {}),
@@ -27,10 +29,17 @@ SEQUENCE_HEADS = [
     ("window", {"levels": (3,), "reduce": "mean"}),
     ("window", {"mode": "sliding", "window_size": 3, "stride": 2}),
     ("window", {"mode": "sliding", "window_size": 2, "stride": 3, "reduce": "mean", "reduce_windows": "mean"}),
+    ("window", {"edges": [[0, 0.1, 0.5, 1.0], [0, 1]], "reduce": "mean"}),
 ]
 GRID_HEADS = [
     ("window", {"grid": True}),
     ("window", {"grid": True, "reduce": "mean", "project": False, "levels": (1, 3)}),
+    ("window", {"grid": True, "edges": [[0, 0.3, 1.0]], "project": False}),
+    ("window", {"grid": True, "mode": "sliding", "window_size": 2, "stride": 1}),
+    (
+        "window",
+        {"grid": True, "mode": "sliding", "window_size": 2, "stride": 2, "reduce": "mean", "reduce_windows": "map"},
+    ),
 ]
 ALL_HEADS = SEQUENCE_HEADS + GRID_HEADS
 GRID_SIZE = (3, 5)
@@ -94,15 +103,22 @@ def forward(head, x, mask, **kwargs):
         return head(x, mask, **kwargs)
 
 
+def reads_first_token(spec) -> bool:
+    """cls and clsmean read each row's first real token even when it is a prefix token."""
+    return spec[0] in ("cls", "clsmean")
+
+
 def readable(spec, mask, prefix):
     """Positions a head may read: cls reads real tokens including the prefix, the others skip it.
 
-    The prefix is each row's first ``prefix`` real tokens (counted from the first real token).
+    The prefix is each row's first ``prefix`` real tokens (counted from the first real token);
+    clsmean reads the first of them and the real tokens after them.
     """
     readable = mask.bool().clone()
     if spec[0] != "cls":
         for b in range(len(mask)):
-            for t in [t for t in range(mask.size(1)) if mask[b, t] != 0][:prefix]:
+            skipped = [t for t in range(mask.size(1)) if mask[b, t] != 0][:prefix]
+            for t in skipped[1:] if spec[0] == "clsmean" else skipped:
                 readable[b, t] = False
     return readable
 
@@ -176,7 +192,13 @@ def test_prefix_tokens_are_excluded_except_by_cls(spec, prefix):
         changed = x.clone()
         changed[:, :prefix] = value
         out = forward(head, changed, mask, **kwargs)
-        if spec[0] == "cls":
+        if spec[0] == "clsmean":  # the class token (position 0) is read, the other prefix tokens never
+            later = x.clone()
+            later[:, 1:prefix] = value[:, 1:] if isinstance(value, torch.Tensor) else value
+            assert torch.equal(forward(head, later, mask, **kwargs), expected)
+            if isinstance(value, torch.Tensor):
+                assert not torch.equal(out, expected)
+        elif spec[0] == "cls":
             # the first real token of every row is position 0, a prefix token
             if isinstance(value, torch.Tensor):
                 assert not torch.isclose(out, expected).all(dim=1).any()
@@ -222,7 +244,7 @@ def test_all_padding_rows_are_exact_zeros(spec, dtype):
         mask[2] = 0  # all padding
         x[2] = float("nan")
         x[3, 1:] = float("inf")
-        if spec[0] != "cls":
+        if not reads_first_token(spec):
             mask[3] = 0
             mask[3, :prefix] = 1  # only prefix tokens are real: nothing for a non-cls head to read
         else:
@@ -289,9 +311,10 @@ def test_gradients_reach_real_tokens_only(spec, fill):
         x, mask, kwargs = make_case(spec, prefix, kind)
         mask[3] = 0  # plus one all-padding row
         allowed = readable(spec, mask, prefix)
-        if spec[0] == "cls":  # cls reads one token: the first real one
+        if reads_first_token(spec):  # cls reads one token: the first real one; clsmean also the mean's
             first = mask.bool().int().argmax(dim=1)
-            allowed = torch.zeros_like(allowed)
+            if spec[0] == "cls":
+                allowed = torch.zeros_like(allowed)
             allowed[torch.arange(BATCH), first] = mask.bool().any(dim=1)
         if fill != "random":
             x[~readable(spec, mask, prefix)] = {"huge": 1e30, "inf": float("inf"), "nan": float("nan")}[fill]
@@ -350,7 +373,7 @@ def test_unknown_pooler_name_lists_valid_names():
         assert name in message
 
 
-@pytest.mark.parametrize("name", ["cls", "mean", "max", "meanmax", "gem", "attention", "window"])
+@pytest.mark.parametrize("name", ["cls", "clsmean", "mean", "max", "meanmax", "gem", "attention", "window"])
 def test_unknown_option_raises(name):
     with pytest.raises(ValueError, match="bogus_option"):
         build_pooler(name, HIDDEN, bogus_option=1)
@@ -367,14 +390,37 @@ def test_unknown_option_raises(name):
         ("window", {"reduce": "sum"}),
         ("window", {"reduce_windows": "min"}),
         ("window", {"mode": "dilated"}),
-        ("window", {"mode": "sliding", "grid": True}),
         ("window", {"window_size": 0}),
         ("window", {"stride": 0}),
+        ("window", {"edges": [[0, 0.5, 0.5, 1]]}),  # not strictly increasing
+        ("window", {"edges": [[0, 0.7, 0.3, 1]]}),
+        ("window", {"edges": [[0, 0.5, 1.5]]}),  # outside [0, 1]
+        ("window", {"edges": [[-0.1, 0.5, 1]]}),
+        ("window", {"edges": [[0.1, 0.5, 1]]}),  # must start at 0 and end at 1
+        ("window", {"edges": [[0, 0.5]]}),
+        ("window", {"edges": [[0]]}),
+        ("window", {"edges": []}),
+        ("window", {"edges": [0, 0.5, 1]}),  # not a list of levels
+        ("window", {"edges": [[0, "half", 1]]}),
+        ("window", {"edges": [[0, 1e-9, 1]]}),  # equal to 0 as a fraction
+        ("window", {"edges": [[0, 0.5, 1]], "levels": [3]}),  # levels disagree with edges
+        ("window", {"edges": [[0, 0.5, 1]], "mode": "sliding"}),
+        ("window", {"reduce_windows": "map"}),  # map needs grid=True, mode="sliding"
+        ("window", {"reduce_windows": "map", "mode": "sliding"}),
+        ("window", {"grid": True, "mode": "sliding", "reduce_windows": "map", "map_size": 0}),
     ],
 )
 def test_invalid_option_values_raise(name, options):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as error:
         build_pooler(name, HIDDEN, **options)
+    assert "\n" not in str(error.value)
+
+
+def test_edges_derive_levels_and_rebuild():
+    head = build_pooler("window", HIDDEN, edges=[[0, 0.1, 0.5, 1.0], [0, 1]])
+    assert head.levels == (3, 1)
+    assert head.options["edges"] == [[0.0, 0.1, 0.5, 1.0], [0.0, 1.0]]
+    assert build_pooler("window", HIDDEN, edges=[[0, 0.5, 1]], levels=[2]).levels == (2,)
 
 
 @pytest.mark.parametrize("options", [{}, {"mode": "sliding"}, {"grid": False, "levels": (1, 2), "project": False}])
@@ -460,6 +506,11 @@ def test_output_dim_matches_output_shape(spec):
         ({"project": False, "grid": True}, HIDDEN * 21),
         ({"project": False, "grid": True, "levels": (1, 3)}, HIDDEN * 10),
         ({"project": False, "mode": "sliding"}, HIDDEN),
+        ({"project": False, "edges": [[0, 0.1, 0.5, 1.0], [0, 1]]}, HIDDEN * 4),
+        ({"project": False, "grid": True, "edges": [[0, 0.1, 0.5, 1.0], [0, 1]]}, HIDDEN * 10),
+        ({"project": False, "grid": True, "mode": "sliding"}, HIDDEN),
+        ({"project": False, "grid": True, "mode": "sliding", "reduce_windows": "map"}, HIDDEN * 4),
+        ({"project": False, "grid": True, "mode": "sliding", "reduce_windows": "map", "map_size": 3}, HIDDEN * 9),
         ({"grid": True}, HIDDEN),
         ({}, HIDDEN),
     ],
@@ -476,6 +527,8 @@ def test_window_output_dim(options, expected):
     assert out.shape == (2, expected)
 
 
-@pytest.mark.parametrize(("name", "expected"), [("cls", 1), ("mean", 1), ("max", 1), ("meanmax", 2), ("gem", 1)])
+@pytest.mark.parametrize(
+    ("name", "expected"), [("cls", 1), ("clsmean", 2), ("mean", 1), ("max", 1), ("meanmax", 2), ("gem", 1)]
+)
 def test_simple_output_dims(name, expected):
     assert build_pooler(name, HIDDEN).output_dim == expected * HIDDEN

@@ -853,7 +853,7 @@ def test_clsmean_reads_first_real_token_and_mean_after_the_prefix():
 
 @pytest.mark.parametrize("registers", [0, 2])
 def test_clsmean_equals_the_features_dinov2_classifies(registers):
-    """``clsmean`` on a tiny DINOv2 equals, bit for bit, what ``Dinov2(WithRegisters)ForImageClassification`` classifies."""
+    """``clsmean`` on a tiny DINOv2 is, bit for bit, what ``Dinov2(WithRegisters)ForImageClassification`` classifies."""
     from transformers import (
         Dinov2Config,
         Dinov2ForImageClassification,
@@ -914,12 +914,12 @@ def test_window_edges_match_reference(edges, reduce):
 
 
 def test_window_edges_use_exact_fractions():
-    """``[0, 0.7, 1]`` over 10 tokens: ranks [0, 7) and [7, 10), although 0.7 * 10 in floats is 7.000000000000001."""
-    assert math.ceil(0.7 * 10) == 8 and math.floor(0.29 * 100) == 28  # the float traps the head must avoid
-    head = make_head("window", edges=[[0, 0.7, 1.0]], reduce="mean", project=False)
-    x = torch.arange(10.0).view(1, 10, 1).expand(1, 10, HIDDEN).contiguous()
+    """Edges are exact fractions: ``0.14 * 50`` is 7 and ``0.29 * 100`` is 29, not their float products."""
+    assert math.ceil(0.14 * 50) == 8 and math.floor(0.29 * 100) == 28  # the float traps the head must avoid
+    head = make_head("window", edges=[[0, 0.14, 1.0]], reduce="mean", project=False)
+    x = torch.arange(50.0).view(1, 50, 1).expand(1, 50, HIDDEN).contiguous()
     out = head(x, None).view(2, HIDDEN)[:, 0]
-    torch.testing.assert_close(out, torch.tensor([3.0, 8.0]))  # mean(0..6), mean(7..9)
+    torch.testing.assert_close(out, torch.tensor([3.0, 28.0]))  # mean(0..6), mean(7..49)
     head = make_head("window", edges=[[0, 0.29, 1.0]], reduce="max", project=False)
     x = torch.arange(100.0).view(1, 100, 1).expand(1, 100, HIDDEN).contiguous()
     assert head(x, None).view(2, HIDDEN)[:, 0].tolist() == [28.0, 99.0]  # [0, 29) and [29, 100)
