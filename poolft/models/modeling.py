@@ -354,6 +354,8 @@ def patch_grid(pixel_values: torch.Tensor, patch_size: int | tuple[int, int]) ->
     return pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
 
 
+#: heads that read the class token of an image encoder
+CLASS_TOKEN_POOLERS = ("cls", "clsmean")
 #: parameter names of a learned class token: ViT, DeiT, BEiT, DINOv2 (``cls_token``), CLIP (``class_embedding``)
 CLASS_TOKEN_PARAMETERS = ("cls_token", "class_embedding")
 
@@ -385,10 +387,10 @@ class PoolftForImageClassification(PoolftPreTrainedModel):
 
     def __init__(self, config: PoolftConfig, encoder: PreTrainedModel | None = None) -> None:
         super().__init__(config, encoder)
-        if config.pooler == "cls" and not has_class_token(self.encoder):
+        if config.pooler in CLASS_TOKEN_POOLERS and not has_class_token(self.encoder):
             raise ValueError(
-                f"a {config.encoder_config.model_type} encoder has no class token, so the cls pooler has nothing "
-                "to take; use pooler='mean' or 'attention'"
+                f"a {config.encoder_config.model_type} encoder has no class token, so the {config.pooler} pooler "
+                "has no class token to take; use pooler='mean' or 'attention'"
             )
 
     def _pooler_options(self, config: PoolftConfig) -> dict[str, Any]:

@@ -65,16 +65,17 @@ def test_clip_states_are_before_post_layernorm_as_clip_classifier_pools_them(fam
     torch.testing.assert_close(vector, states[:, 0])
 
 
-def test_siglip_has_no_class_token_so_cls_is_refused_at_build_time(family_dirs):
+@pytest.mark.parametrize("pooler", ["cls", "clsmean"])
+def test_siglip_has_no_class_token_so_class_token_heads_are_refused_at_build_time(family_dirs, pooler):
     folder = family_dirs["siglip_vision"]
     assert not has_class_token(AutoConfig.from_pretrained(folder))
     assert all(has_class_token(AutoConfig.from_pretrained(family_dirs[n])) for n in IMAGE_FAMILY_NAMES[:-1])
     with pytest.raises(ValueError, match=r"siglip_vision_model encoder has no class token.*'mean' or 'attention'"):
-        PoolftForImageClassification.from_backbone(str(folder), pooler="cls", num_labels=2)
+        PoolftForImageClassification.from_backbone(str(folder), pooler=pooler, num_labels=2)
     from poolft.config import ModelConfig
 
-    with pytest.raises(PoolftError, match=r"is a siglip_vision_model, which has no class token.*--model.pooler mean"):
-        build_model(str(folder), "image", ModelConfig(backbone=str(folder), pooler="cls"), ["a", "b"])
+    with pytest.raises(PoolftError, match=rf"is a siglip_vision_model, which has no class token, so the {pooler} "):
+        build_model(str(folder), "image", ModelConfig(backbone=str(folder), pooler=pooler), ["a", "b"])
 
 
 def test_vision_towers_are_image_backbones():
