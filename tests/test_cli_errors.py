@@ -230,7 +230,7 @@ CASES = [
     Case(
         "unknown pooler",
         lambda ws: text_args(ws, ws.out("a"), None, "--model.pooler=maxx"),
-        ("unknown pooler 'maxx'", "choose one of: cls, mean, max"),
+        ("unknown pooler 'maxx'", "choose one of: cls, clsmean, mean, max"),
     ),
     Case(
         "unknown pooler option",
