@@ -57,7 +57,9 @@ class DataConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     group_by_length: bool = True
-    image_size: int | None = None  # None: the image processor's size
+    # the side of the square the model sees (None: what the image processor gives); a crop processor's
+    # resize keeps its ratio (shortest edge 256 + crop 224 asked for 112 -> 128 + 112)
+    image_size: int | None = None
     augment: bool = False  # random horizontal flip + random resized crop on training images
     holdout_fraction: float | None = None  # evaluate on this share of the train split instead (rate search)
     num_workers: int = 0
