@@ -25,12 +25,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
+from families import save_perturbed  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertModel,
     BertTokenizer,
-    PreTrainedModel,
     ViTConfig,
     ViTImageProcessor,
     ViTModel,
@@ -164,15 +163,6 @@ TINY_TEXTS = [
 ]
 
 
-def _perturb(model: PreTrainedModel, seed: int) -> PreTrainedModel:
-    """Move every parameter off its init so re-initialisation cannot go unnoticed."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return model.eval()
-
-
 def build_tiny_bert(folder: Path, *, num_hidden_layers: int = 2, seed: int = 0) -> Path:
     """Save a tiny BERT (with its pooler) and a real WordPiece tokenizer into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -189,9 +179,7 @@ def build_tiny_bert(folder: Path, *, num_hidden_layers: int = 2, seed: int = 0) 
         type_vocab_size=2,
         pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(seed)
-    model = _perturb(BertModel(config, add_pooling_layer=True), seed)
-    model.save_pretrained(folder)
+    save_perturbed(BertModel, config, folder, seed, add_pooling_layer=True)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -208,9 +196,7 @@ def build_tiny_vit(folder: Path, *, num_hidden_layers: int = 2, seed: int = 0) -
         patch_size=TINY_PATCH_SIZE,
         num_channels=3,
     )
-    torch.manual_seed(seed)
-    model = _perturb(ViTModel(config, add_pooling_layer=True), seed)
-    model.save_pretrained(folder)
+    save_perturbed(ViTModel, config, folder, seed, add_pooling_layer=True)
     processor = ViTImageProcessor(
         size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
         image_mean=[0.5, 0.5, 0.5],

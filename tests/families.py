@@ -108,8 +108,8 @@ class Family:
         return found[0] if isinstance(found, (list, tuple)) else found
 
 
-def _perturb(model: PreTrainedModel, seed: int) -> PreTrainedModel:
-    """Move every parameter off its init (as ``tests/conftest.py`` does) so reinit cannot hide."""
+def perturb(model: PreTrainedModel, seed: int) -> PreTrainedModel:
+    """Move every parameter off its init (seeded) so re-initialisation cannot go unnoticed."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -117,9 +117,10 @@ def _perturb(model: PreTrainedModel, seed: int) -> PreTrainedModel:
     return model.eval()
 
 
-def _save_model(model_class: type, config: PretrainedConfig, folder: Path, seed: int = 0, **kwargs) -> None:
+def save_perturbed(model_class: type, config: PretrainedConfig, folder: Path, seed: int = 0, **kwargs) -> None:
+    """Build ``model_class(config, **kwargs)`` from ``seed``, ``perturb`` it and ``save_pretrained`` it."""
     torch.manual_seed(seed)
-    _perturb(model_class(config, **kwargs), seed).save_pretrained(folder)
+    perturb(model_class(config, **kwargs), seed).save_pretrained(folder)
 
 
 # ---------------------------------------------------------------- subword vocabularies
@@ -196,7 +197,7 @@ def build_bert(folder: Path) -> None:
         max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
     )
-    _save_model(BertModel, config, folder, add_pooling_layer=True)
+    save_perturbed(BertModel, config, folder, add_pooling_layer=True)
     tokenizer.save_pretrained(folder)
 
 
@@ -214,7 +215,7 @@ def build_electra(folder: Path) -> None:
         max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
     )
-    _save_model(ElectraModel, config, folder)
+    save_perturbed(ElectraModel, config, folder)
     tokenizer.save_pretrained(folder)
 
 
@@ -232,7 +233,7 @@ def build_distilbert(folder: Path) -> None:
         max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
     )
-    _save_model(DistilBertModel, config, folder)
+    save_perturbed(DistilBertModel, config, folder)
     tokenizer.save_pretrained(folder)
 
 
@@ -256,7 +257,7 @@ def build_roberta(folder: Path) -> None:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    _save_model(RobertaModel, config, folder, add_pooling_layer=True)
+    save_perturbed(RobertaModel, config, folder, add_pooling_layer=True)
     tokenizer.save_pretrained(folder)
 
 
@@ -279,7 +280,7 @@ def build_xlm_roberta(folder: Path) -> None:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    _save_model(XLMRobertaModel, config, folder, add_pooling_layer=True)
+    save_perturbed(XLMRobertaModel, config, folder, add_pooling_layer=True)
     tokenizer.save_pretrained(folder)
 
 
@@ -302,7 +303,7 @@ def build_albert(folder: Path) -> None:
         bos_token_id=tokenizer.cls_token_id,
         eos_token_id=tokenizer.sep_token_id,
     )
-    _save_model(AlbertModel, config, folder, add_pooling_layer=True)
+    save_perturbed(AlbertModel, config, folder, add_pooling_layer=True)
     tokenizer.save_pretrained(folder)
 
 
@@ -330,7 +331,7 @@ def build_deberta_v2(folder: Path) -> None:
         share_att_key=True,
         pad_token_id=tokenizer.pad_token_id,
     )
-    _save_model(DebertaV2Model, config, folder)
+    save_perturbed(DebertaV2Model, config, folder)
     tokenizer.save_pretrained(folder)
 
 
@@ -375,7 +376,7 @@ def build_modernbert(folder: Path) -> None:
         sep_token_id=vocab["[SEP]"],
         attn_implementation="sdpa",  # no flash-attention on CPU
     )
-    _save_model(ModernBertModel, config, folder)
+    save_perturbed(ModernBertModel, config, folder)
     tokenizer.save_pretrained(folder)
 
 
@@ -397,7 +398,7 @@ def _vit_fields() -> dict:
 def build_vit(folder: Path) -> None:
     from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 
-    _save_model(ViTModel, ViTConfig(**_vit_fields()), folder, add_pooling_layer=True)
+    save_perturbed(ViTModel, ViTConfig(**_vit_fields()), folder, add_pooling_layer=True)
     # google/vit-base-patch16-224: plain resize to the square, mean/std 0.5
     ViTImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
@@ -407,7 +408,7 @@ def build_vit(folder: Path) -> None:
 def build_deit(folder: Path) -> None:
     from transformers import DeiTConfig, DeiTImageProcessorPil, DeiTModel
 
-    _save_model(DeiTModel, DeiTConfig(**_vit_fields()), folder, add_pooling_layer=True)
+    save_perturbed(DeiTModel, DeiTConfig(**_vit_fields()), folder, add_pooling_layer=True)
     # facebook/deit-*-patch16-224: resize to 256 x 256, center-crop 224 (8:7), ImageNet statistics
     DeiTImageProcessorPil(
         size={"height": IMAGE_SIZE * 8 // 7, "width": IMAGE_SIZE * 8 // 7},
@@ -427,7 +428,7 @@ def build_beit(folder: Path) -> None:
         use_mean_pooling=True,
         layer_scale_init_value=0.1,
     )
-    _save_model(BeitModel, config, folder, add_pooling_layer=True)
+    save_perturbed(BeitModel, config, folder, add_pooling_layer=True)
     BeitImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         do_center_crop=False,
@@ -454,7 +455,7 @@ def build_dinov2(folder: Path) -> None:
     from transformers import Dinov2Config, Dinov2Model
 
     fields = {k: v for k, v in _vit_fields().items() if k != "intermediate_size"}
-    _save_model(Dinov2Model, Dinov2Config(**fields, mlp_ratio=2, layerscale_value=0.5), folder)
+    save_perturbed(Dinov2Model, Dinov2Config(**fields, mlp_ratio=2, layerscale_value=0.5), folder)
     _dinov2_processor().save_pretrained(folder)
 
 
@@ -463,7 +464,7 @@ def build_dinov2_registers(folder: Path) -> None:
 
     fields = {k: v for k, v in _vit_fields().items() if k != "intermediate_size"}
     config = Dinov2WithRegistersConfig(**fields, mlp_ratio=2, layerscale_value=0.5, num_register_tokens=4)
-    _save_model(Dinov2WithRegistersModel, config, folder)
+    save_perturbed(Dinov2WithRegistersModel, config, folder)
     _dinov2_processor().save_pretrained(folder)
 
 
@@ -471,7 +472,7 @@ def build_clip_vision(folder: Path) -> None:
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
     config = CLIPVisionConfig(**_vit_fields(), projection_dim=HIDDEN)
-    _save_model(CLIPVisionModel, config, folder)
+    save_perturbed(CLIPVisionModel, config, folder)
     # openai/clip-vit-*: resize the shortest edge to 224, center-crop 224, CLIP's statistics
     CLIPImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE},
@@ -487,7 +488,7 @@ def build_siglip_vision(folder: Path) -> None:
 
     # google/siglip-*: no class token (the tower pools with its own attention head), plain resize
     config = SiglipVisionConfig(**_vit_fields(), vision_use_head=True)
-    _save_model(SiglipVisionModel, config, folder)
+    save_perturbed(SiglipVisionModel, config, folder)
     SiglipImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     ).save_pretrained(folder)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from datasets import Dataset, Features, Value
 from datasets import Image as ImageFeature
-from image_families import IMAGE_FAMILY_NAMES, image_families
+from families import FAMILIES, IMAGE_FAMILIES, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from PIL import Image
 from transformers import (
     AutoImageProcessor,
@@ -42,15 +42,22 @@ def image_dataset(images: list[Image.Image]) -> Dataset:
     return Dataset.from_dict({"image": images, "labels": [i % 2 for i in range(len(images))]}, features=features)
 
 
+def family_processor(family_dir, family: str):
+    """The stock ``*ImageProcessorPil`` saved with family ``family``'s double (``tests/families.py``)."""
+    processor = AutoImageProcessor.from_pretrained(family_dir(family), backend="pil")
+    assert type(processor).__name__ == FAMILIES[family].preprocessor_class + "Pil"
+    return processor
+
+
 def stock_pixels(processor, images, **kwargs) -> np.ndarray:
     """The processor's own output, unscaled: ``(images, 3, h, w)`` uint8-valued."""
     values = processor(images, do_rescale=False, do_normalize=False, return_tensors="np", **kwargs)["pixel_values"]
     return np.stack(values)
 
 
-@pytest.mark.parametrize("family", IMAGE_FAMILY_NAMES)
-def test_cached_pixels_equal_each_family_processor_output(family):
-    processor = image_families()[family].processor
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+def test_cached_pixels_equal_each_family_processor_output(family_dir, family):
+    processor = family_processor(family_dir, family)
     images = varied_images()
     cached = cache_pixels(image_dataset(images), processor, DataConfig(), "train")
     assert cached.data.column("pixels").type.value_type == pa.uint8()  # stored as bytes
@@ -59,9 +66,9 @@ def test_cached_pixels_equal_each_family_processor_output(family):
     np.testing.assert_array_equal(cached[:]["pixels"], expected)
 
 
-@pytest.mark.parametrize("family", IMAGE_FAMILY_NAMES)
-def test_collated_batch_equals_each_family_processor_full_output(family):
-    processor = image_families()[family].processor
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+def test_collated_batch_equals_each_family_processor_full_output(family_dir, family):
+    processor = family_processor(family_dir, family)
     processor.image_mean, processor.image_std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)  # not the defaults
     images = varied_images()
     cached = cache_pixels(image_dataset(images), processor, DataConfig(), "train")
@@ -124,8 +131,8 @@ def test_image_size_is_the_crop_side_and_the_resize_keeps_its_ratio(processor, i
     assert processed_size(processor) != (image_size, image_size)  # the original is left as it was
 
 
-def test_image_size_on_a_plain_resize_processor_resizes_to_the_square():
-    processor = image_families()["siglip_vision"].processor
+def test_image_size_on_a_plain_resize_processor_resizes_to_the_square(family_dir):
+    processor = family_processor(family_dir, "siglip-vision")
     sized = processor_for_image_size(processor, 20)
     images = varied_images()
     np.testing.assert_array_equal(
@@ -150,8 +157,8 @@ def test_a_processor_whose_output_varies_needs_image_size():
     np.testing.assert_array_equal(cached, stock_pixels(processor, images, size={"height": 24, "width": 24}))
 
 
-def test_collator_does_not_rescale_when_the_processor_does_not():
-    processor = image_families()["vit"].processor
+def test_collator_does_not_rescale_when_the_processor_does_not(family_dir):
+    processor = family_processor(family_dir, "vit")
     processor.do_rescale, processor.image_mean, processor.image_std = False, (10.0, 20.0, 30.0), (2.0, 4.0, 8.0)
     images = varied_images()
     cached = cache_pixels(image_dataset(images), processor, DataConfig(), "train")
@@ -172,16 +179,17 @@ def test_sized_processor_saves_and_reloads_with_the_same_rules(tmp_path):
 
 
 @pytest.mark.parametrize("image_size, resize", [(None, 40), (48, 60)], ids=["processor-size", "image-size-48"])
-def test_crop_processor_run_trains_and_predicts_on_the_pixels_it_trained_on(tmp_path, image_size, resize, capsys):
+def test_crop_processor_run_trains_and_predicts_on_the_pixels_it_trained_on(
+    family_dir, tmp_path, image_size, resize, capsys
+):
     """The issue's DINOv2 + BitImageProcessor run: train, then eval, predict and pipeline agree."""
     from datasets_for_tests import write_image_folder
-    from image_families import build_image_family
     from transformers import AutoModelForImageClassification, pipeline
 
     from poolft.cli import main
     from poolft.models.prediction import load_classifier
 
-    backbone = build_image_family("dinov2", tmp_path / "dinov2")
+    backbone = family_dir("dinov2")
     images = write_image_folder(tmp_path / "images", {"train": 4, "test": 3})
     arguments = [
         "train",
@@ -200,7 +208,12 @@ def test_crop_processor_run_trains_and_predicts_on_the_pixels_it_trained_on(tmp_
     assert saved["size"] == {"shortest_edge": resize} and saved["crop_size"] == {"height": side, "width": side}
 
     # the saved model on pixels from an independently built stock processor with the same rules
-    independent = BitImageProcessorPil(size={"shortest_edge": resize}, crop_size={"height": side, "width": side})
+    independent = BitImageProcessorPil(
+        size={"shortest_edge": resize},
+        crop_size={"height": side, "width": side},
+        image_mean=IMAGENET_DEFAULT_MEAN,
+        image_std=IMAGENET_DEFAULT_STD,
+    )
     model = AutoModelForImageClassification.from_pretrained(run).eval()
     image = str(images / "test" / "dark" / "2.png")
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """``PoolftForImageClassification`` on every image family, checked against the stock HF encoder.
 
-Each family is a tiny encoder saved with its own processor (``tests/image_families.py``). The
+Each family is a tiny encoder saved with its own processor (``tests/families.py``). The
 right value of a pooled vector is computed from ``AutoModel``'s own ``last_hidden_state`` with
 plain tensor ops (the prefix-token count is the family's known layout, not poolft's inference).
 """
@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from image_families import IMAGE_FAMILY_NAMES, SIDE, build_image_family, image_families
+from families import FAMILIES, IMAGE_FAMILIES, IMAGE_SIZE
 from transformers import AutoConfig, AutoModel, CLIPVisionConfig, SiglipVisionConfig
 
 from poolft import PoolftForImageClassification
 from poolft.errors import PoolftError
 from poolft.models.backbones import build_model, modality_of
 from poolft.models.modeling import has_class_token
-
-
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("image-families")
-    return {name: build_image_family(name, root / name) for name in IMAGE_FAMILY_NAMES}
 
 
 def pooled_and_reference(folder, pooler: str, side: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +25,7 @@ def pooled_and_reference(folder, pooler: str, side: int) -> tuple[torch.Tensor, 
     pixels = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
     pooled = {}
     model.pooler.register_forward_hook(lambda module, args, output: pooled.setdefault("vector", output))
-    kwargs = {"interpolate_pos_encoding": True} if side != SIDE and encoder.config.model_type != "dinov2" else {}
+    kwargs = {"interpolate_pos_encoding": True} if side != IMAGE_SIZE and encoder.config.model_type != "dinov2" else {}
     if encoder.config.model_type == "dinov2_with_registers":
         kwargs = {}  # always interpolates, like DINOv2
     with torch.no_grad():
@@ -40,25 +34,25 @@ def pooled_and_reference(folder, pooler: str, side: int) -> tuple[torch.Tensor, 
     return pooled["vector"], states
 
 
-@pytest.mark.parametrize("side", [SIDE, 48], ids=["native-size", "interpolated-48px"])
-@pytest.mark.parametrize("family", IMAGE_FAMILY_NAMES)
-def test_mean_head_averages_the_patch_tokens_after_every_prefix_token(family_dirs, family, side):
-    vector, states = pooled_and_reference(family_dirs[family], "mean", side)
-    prefix = image_families()[family].prefix_tokens  # DeiT: CLS + distillation; registers: CLS + 2; SigLIP: 0
+@pytest.mark.parametrize("side", [IMAGE_SIZE, 48], ids=["native-size", "interpolated-48px"])
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+def test_mean_head_averages_the_patch_tokens_after_every_prefix_token(family_dir, family, side):
+    vector, states = pooled_and_reference(family_dir(family), "mean", side)
+    prefix = FAMILIES[family].prefix_tokens  # DeiT: CLS + distillation; registers: CLS + 4; SigLIP: 0
     assert states.shape[1] == prefix + (side // 8) ** 2
     torch.testing.assert_close(vector, states[:, prefix:].mean(dim=1))
 
 
-@pytest.mark.parametrize("family", [name for name in IMAGE_FAMILY_NAMES if name != "siglip_vision"])
-def test_cls_head_takes_the_class_token(family_dirs, family):
-    vector, states = pooled_and_reference(family_dirs[family], "cls", SIDE)
+@pytest.mark.parametrize("family", [name for name in IMAGE_FAMILIES if name != "siglip-vision"])
+def test_cls_head_takes_the_class_token(family_dir, family):
+    vector, states = pooled_and_reference(family_dir(family), "cls", IMAGE_SIZE)
     torch.testing.assert_close(vector, states[:, 0])
 
 
-def test_clip_states_are_before_post_layernorm_as_clip_classifier_pools_them(family_dirs):
+def test_clip_states_are_before_post_layernorm_as_clip_classifier_pools_them(family_dir):
     """CLIP's ``last_hidden_state`` skips ``post_layernorm`` (applied to its pooled CLS only)."""
-    vector, states = pooled_and_reference(family_dirs["clip_vision"], "cls", SIDE)
-    encoder = AutoModel.from_pretrained(family_dirs["clip_vision"]).eval()
+    vector, states = pooled_and_reference(family_dir("clip-vision"), "cls", IMAGE_SIZE)
+    encoder = AutoModel.from_pretrained(family_dir("clip-vision")).eval()
     with torch.no_grad():
         post = encoder.post_layernorm(states[:, 0])
     assert not torch.allclose(vector, post)
@@ -66,10 +60,12 @@ def test_clip_states_are_before_post_layernorm_as_clip_classifier_pools_them(fam
 
 
 @pytest.mark.parametrize("pooler", ["cls", "clsmean"])
-def test_siglip_has_no_class_token_so_class_token_heads_are_refused_at_build_time(family_dirs, pooler):
-    folder = family_dirs["siglip_vision"]
+def test_siglip_has_no_class_token_so_class_token_heads_are_refused_at_build_time(family_dir, pooler):
+    folder = family_dir("siglip-vision")
     assert not has_class_token(AutoConfig.from_pretrained(folder))
-    assert all(has_class_token(AutoConfig.from_pretrained(family_dirs[n])) for n in IMAGE_FAMILY_NAMES[:-1])
+    assert all(
+        has_class_token(AutoConfig.from_pretrained(family_dir(n))) for n in IMAGE_FAMILIES if n != "siglip-vision"
+    )
     with pytest.raises(ValueError, match=r"siglip_vision_model encoder has no class token.*'mean' or 'attention'"):
         PoolftForImageClassification.from_backbone(str(folder), pooler=pooler, num_labels=2)
     from poolft.config import ModelConfig
@@ -92,13 +88,13 @@ def test_a_text_and_image_model_asks_for_its_vision_tower():
         check_modality("openai/clip", CLIPConfig(), "image")
 
 
-@pytest.mark.parametrize("family", IMAGE_FAMILY_NAMES)
-def test_every_family_saves_and_reloads_through_the_auto_classes(family_dirs, family, tmp_path):
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
+def test_every_family_saves_and_reloads_through_the_auto_classes(family_dir, family, tmp_path):
     from transformers import AutoModelForImageClassification
 
-    model = PoolftForImageClassification.from_backbone(str(family_dirs[family]), pooler="attention", num_labels=3)
+    model = PoolftForImageClassification.from_backbone(str(family_dir(family)), pooler="attention", num_labels=3)
     model.eval().save_pretrained(tmp_path)
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
-    pixels = torch.randn(2, 3, SIDE, SIDE)
+    pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixels).logits, model(pixels).logits)

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 from datasets_for_tests import write_image_folder
-from image_families import SIDE, build_image_family
+from families import IMAGE_SIZE, PATCH_SIZE
 from torch.nn import functional as F
 from transformers import (
     AlbertConfig,
@@ -68,26 +68,19 @@ IMAGE_HEADS = {
         "[CLS, mean(patch tokens)] after the final layernorm -> linear",
         lambda m, s: m.classifier(torch.cat([s[:, 0], s[:, 1:].mean(dim=1)], dim=-1)),
     ),
-    "dinov2_with_registers": (
-        "[CLS, mean(patch tokens, the 2 registers excluded)] after the final layernorm -> linear",
-        lambda m, s: m.classifier(torch.cat([s[:, 0], s[:, 3:].mean(dim=1)], dim=-1)),
+    "dinov2-registers": (
+        "[CLS, mean(patch tokens, the 4 registers excluded)] after the final layernorm -> linear",
+        lambda m, s: m.classifier(torch.cat([s[:, 0], s[:, 5:].mean(dim=1)], dim=-1)),
     ),
 }
 
 
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("stock-families")
-    names = (*IMAGE_HEADS, "clip_vision", "siglip_vision")
-    return {name: build_image_family(name, root / name) for name in names}
-
-
 @pytest.mark.parametrize("family", IMAGE_HEADS)
-def test_image_stock_head_is_what_its_description_says(family_dirs, family):
+def test_image_stock_head_is_what_its_description_says(family_dir, family):
     description, logits_from_states = IMAGE_HEADS[family]
-    model = AutoModelForImageClassification.from_pretrained(family_dirs[family], num_labels=3).eval()
+    model = AutoModelForImageClassification.from_pretrained(family_dir(family), num_labels=3).eval()
     assert describe_head(model) == {"class": type(model).__name__, "head": description}
-    pixels = torch.randn(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         states = model.base_model(pixels).last_hidden_state
         torch.testing.assert_close(model(pixels).logits, logits_from_states(model, states))
@@ -179,8 +172,8 @@ def run_stock(tmp_path, backbone, *extra: str) -> tuple[int, object]:
     [(name, ()) for name in IMAGE_HEADS] + [("vit", ("--data.image_size=48",)), ("deit", ("--data.image_size=48",))],
     ids=[*IMAGE_HEADS, "vit-48px", "deit-48px"],
 )
-def test_stock_head_trains_saves_reloads_and_predicts(family_dirs, family, extra, tmp_path, capsys):
-    code, images = run_stock(tmp_path, family_dirs[family], *extra)
+def test_stock_head_trains_saves_reloads_and_predicts(family_dir, family, extra, tmp_path, capsys):
+    code, images = run_stock(tmp_path, family_dir(family), *extra)
     assert code == 0
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -198,10 +191,10 @@ def test_stock_head_trains_saves_reloads_and_predicts(family_dirs, family, extra
 
 
 @pytest.mark.parametrize(
-    "family, config_class", [("clip_vision", "CLIPVisionConfig"), ("siglip_vision", "SiglipVisionConfig")]
+    "family, config_class", [("clip-vision", "CLIPVisionConfig"), ("siglip-vision", "SiglipVisionConfig")]
 )
-def test_vision_towers_have_no_stock_head_and_say_so_in_one_line(family_dirs, family, config_class, tmp_path, capsys):
-    code, _ = run_stock(tmp_path, family_dirs[family])
+def test_vision_towers_have_no_stock_head_and_say_so_in_one_line(family_dir, family, config_class, tmp_path, capsys):
+    code, _ = run_stock(tmp_path, family_dir(family))
     stderr = capsys.readouterr().err
     error = [line for line in stderr.splitlines() if line.startswith("poolft: error")]
     assert code == 2 and len(error) == 1 and "Traceback" not in stderr
@@ -214,7 +207,7 @@ def test_vision_towers_have_no_stock_head_and_say_so_in_one_line(family_dirs, fa
 )
 def test_stock_model_rebuilt_at_another_size_equals_hf_interpolation(model_class, config_class):
     torch.manual_seed(0)
-    model = model_class(config_class(**TINY, image_size=SIDE, patch_size=8, num_labels=2)).eval()
+    model = model_class(config_class(**TINY, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, num_labels=2)).eval()
     resized = stock_at_image_size(model, 48)
     assert resized.config.image_size == 48
     pixels = torch.randn(2, 3, 48, 48)
@@ -223,20 +216,22 @@ def test_stock_model_rebuilt_at_another_size_equals_hf_interpolation(model_class
 
 
 def test_stock_beit_with_relative_position_bias_at_another_size_is_refused():
-    config = BeitConfig(**TINY, image_size=SIDE, patch_size=8, use_relative_position_bias=True, num_labels=2)
+    config = BeitConfig(
+        **TINY, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, use_relative_position_bias=True, num_labels=2
+    )
     with pytest.raises(PoolftError, match=r"stock BeitForImageClassification head cannot be trained at 48 px"):
         stock_at_image_size(BeitForImageClassification(config), 48)
 
 
-def test_freezing_a_stock_dinov2_leaves_only_its_classifier_trainable(family_dirs):
-    model = AutoModelForImageClassification.from_pretrained(family_dirs["dinov2"], num_labels=2)
+def test_freezing_a_stock_dinov2_leaves_only_its_classifier_trainable(family_dir):
+    model = AutoModelForImageClassification.from_pretrained(family_dir("dinov2"), num_labels=2)
     freeze_backbone(model)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
 
 
-def test_stock_head_with_the_feature_cache_is_a_one_line_error(family_dirs, tmp_path, capsys):
+def test_stock_head_with_the_feature_cache_is_a_one_line_error(family_dir, tmp_path, capsys):
     """The probe track caches poolft's encoder states; a stock model has no such split."""
-    code, _ = run_stock(tmp_path, family_dirs["dinov2"], "--train.freeze_backbone=true", "--train.feature_cache=true")
+    code, _ = run_stock(tmp_path, family_dir("dinov2"), "--train.freeze_backbone=true", "--train.feature_cache=true")
     stderr = capsys.readouterr().err
     assert code == 2 and "Traceback" not in stderr
     assert "poolft: error: train.feature_cache trains a poolft head on cached states; drop model.stock_head" in stderr
