@@ -5,6 +5,7 @@
 saved poolft model without ``trust_remote_code``.
 """
 
+from . import cpu_dropout  # noqa: F401  (README: poolft.cpu_dropout.use_cpu_dropout after `import poolft`)
 from .models.modeling import (
     PoolftConfig,
     PoolftForImageClassification,

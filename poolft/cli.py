@@ -61,6 +61,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+def data_files_mapping(text: str) -> dict[str, str]:
+    """argparse type: a YAML mapping of split name to file path, e.g. ``{validation: b.csv}``."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict) or not value or not all(isinstance(v, str) for v in value.values()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a mapping of split to file; write it as '{{validation: b.csv}}' (a space after the colon)"
+        )
+    return {str(split): path for split, path in value.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="poolft", description="Fine-tune Hugging Face encoders with pluggable pooling heads.")
     commands = parser.add_subparsers(dest="command")
@@ -77,8 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", help="YAML whose data section names the dataset (default: the model's run)")
     evaluate.add_argument("--data.path", dest="data_path", help="dataset: sst2-sample, a folder, or a Hub id")
     evaluate.add_argument("--data.name", dest="data_name", help="Hub dataset config")
+    evaluate.add_argument(
+        "--data.data_files",
+        dest="data_files",
+        type=data_files_mapping,
+        help="local files by split, e.g. '{validation: b.csv}' (parquet, csv, tsv, json, jsonl)",
+    )
     evaluate.add_argument("--data.eval_split", dest="eval_split", help="split to evaluate")
     evaluate.add_argument("--data.text_column", dest="text_column")
+    evaluate.add_argument("--data.text_pair_column", dest="text_pair_column")
     evaluate.add_argument("--data.image_column", dest="image_column")
     evaluate.add_argument("--data.label_column", dest="label_column")
     evaluate.add_argument("--data.max_eval_samples", dest="max_eval_samples", type=positive_int)
@@ -151,7 +173,9 @@ def run_eval(args: argparse.Namespace, _: list[str]) -> int:
         "path": args.data_path,
         "name": args.data_name,
         "eval_split": args.eval_split,
+        "data_files": args.data_files,
         "text_column": args.text_column,
+        "text_pair_column": args.text_pair_column,
         "image_column": args.image_column,
         "label_column": args.label_column,
         "max_eval_samples": args.max_eval_samples,

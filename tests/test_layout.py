@@ -114,3 +114,17 @@ def test_the_check_catches_a_reverse_import(tmp_path, file, source, reverse):
     (root / "__init__.py").write_text("")
     (root / file).write_text(source)
     assert bool(reverse_imports(root)) is reverse
+
+
+def test_documented_paths_still_import_after_the_move():
+    """The README's paths: ``poolft.cpu_dropout.use_cpu_dropout`` right after ``import poolft``."""
+    import subprocess
+    import sys
+
+    code = "import poolft; poolft.cpu_dropout.use_cpu_dropout; poolft.PoolftForSequenceClassification"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from poolft.cpu_dropout import use_cpu_dropout
+    from poolft.training.cpu_dropout import use_cpu_dropout as moved
+
+    assert use_cpu_dropout is moved

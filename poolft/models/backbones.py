@@ -208,7 +208,7 @@ def build_model(
     if model.stock_head:
         check_stock_head(backbone, backbone_config, task)
     else:
-        check_pooler_fits(backbone, backbone_config, model.pooler)
+        check_pooler_fits(backbone, backbone_config, model.pooler, model.pooler_options)
     if not model.allow_pickle_weights:
         load_kwargs["use_safetensors"] = True  # never unpickle unless the user asked for it
     if model.stock_head:
@@ -267,9 +267,16 @@ def check_stock_head(backbone: str, config: PretrainedConfig, task: str) -> None
         )
 
 
-def check_pooler_fits(backbone: str, config: PretrainedConfig, pooler: str) -> None:
+def check_pooler_fits(
+    backbone: str, config: PretrainedConfig, pooler: str, options: dict[str, Any] | None = None
+) -> None:
     """A head that reads the class token (``cls``, ``clsmean``) on an image family without one
-    (SigLIP) is a one-line error."""
+    (SigLIP), or a patch-grid head on a text backbone, is a one-line error."""
+    if (options or {}).get("grid") and modality_of(config) == "text":
+        raise PoolftError(
+            f"pooler option {pooler}.grid=true pools a patch grid, but backbone {backbone} is a text model "
+            f"({config.model_type}); drop grid (windows over the tokens) or use a ViT-family backbone"
+        )
     if pooler in CLASS_TOKEN_POOLERS and modality_of(config) == "image" and not has_class_token(config):
         raise PoolftError(
             f"backbone {backbone} is a {config.model_type}, which has no class token, so the {pooler} pooler has "
@@ -460,3 +467,16 @@ def max_positions(config: PretrainedConfig) -> int | None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def check_image_fits(backbone: str, config: PretrainedConfig, size: tuple[int, int]) -> None:
+    """Images of ``size`` ``(height, width)`` pixels must hold at least one patch of the backbone."""
+    patch = getattr(config, "patch_size", None)
+    if patch is None:
+        return
+    patch_h, patch_w = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    if size[0] < patch_h or size[1] < patch_w:
+        raise PoolftError(
+            f"images of {size[0]}x{size[1]} px are smaller than one {patch_h}x{patch_w} patch of backbone {backbone}; "
+            f"set data.image_size to at least {max(patch_h, patch_w)} (a multiple of the patch size is best)"
+        )

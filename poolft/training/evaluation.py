@@ -26,7 +26,9 @@ def eval_data_config(model_dir: str, config_path: str | None, overrides: dict[st
     data = load_config(config_path).data if config_path else DataConfig()
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     # other data: the training files and the text column(s) chosen from them do not apply
-    other_data = {"data_files": None, "text_column": None, "text_pair_column": None} if "path" in overrides else {}
+    other_data = {"data_files": None, "text_column": None, "text_pair_column": None}
+    if not ("path" in overrides or "data_files" in overrides):
+        other_data = {}
     return dataclasses.replace(data, **{**other_data, **{k: v for k, v in overrides.items() if k in fields}})
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, config_to_yaml
-from ..data.images import processor_for_image_size
+from ..data.images import processor_for_image_size, processor_size
 from ..data.inputs import encode_split, example_lengths, make_collator
 from ..data.sampling import (
     BATCH_ROWS,
@@ -56,7 +56,14 @@ from .cpu_dropout import use_cpu_dropout
 from .fault_injection import maybe_fail
 from .feature_cache import CachedStatesCollator, HeadOnCachedStates, cached_loader_inputs
 from .optim import build_optimizer, build_scheduler, freeze_backbone
-from .run_folder import CONFIG_FILE, prepare_output_dir, save_model_atomically, write_atomically, write_json
+from .run_folder import (
+    CONFIG_FILE,
+    clear_output_dir,
+    prepare_output_dir,
+    save_model_atomically,
+    write_atomically,
+    write_json,
+)
 from .run_info import bf16_supported, hardware, peak_memory_mb, software
 
 LOG_FILE = "log.jsonl"
@@ -161,6 +168,7 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
         if splits.task == "image":
             # saved with the model, so predict/eval/pipeline resize and crop as training did
             preprocessor = processor_for_image_size(preprocessor, config.data.image_size)
+            backbones.check_image_fits(backbone, backbone_config, processor_size(preprocessor))
         if splits.task == "text":
             from ..data.text import check_max_length
 
@@ -382,9 +390,11 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     accelerator = build_accelerator(config)
     if config.train.output_dir is None:
         config.train.output_dir = shared_on_main(accelerator, lambda: default_output_dir(config))
-    output_dir = Path(shared_on_main(accelerator, lambda: str(prepare_output_dir(config))))
+    output_dir = Path(shared_on_main(accelerator, lambda: str(prepare_output_dir(config, clear=False))))
     set_seed(config.train.seed)
     inputs = load_run_inputs(config, accelerator)
+    if config.train.overwrite_output_dir:  # only now: a mistake found while loading loses no earlier run
+        shared_on_main(accelerator, lambda: clear_output_dir(output_dir))
     if accelerator.is_main_process:
         write_atomically(output_dir / CONFIG_FILE, config_to_yaml(config))
     if config.train.freeze_backbone:

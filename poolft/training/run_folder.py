@@ -46,8 +46,12 @@ def with_chosen_columns(config: dict[str, Any], previous: dict[str, Any]) -> dic
     return {**config, "data": data}
 
 
-def prepare_output_dir(config: RunConfig) -> Path:
+def prepare_output_dir(config: RunConfig, *, clear: bool = True) -> Path:
     """Check that ``train.output_dir`` may receive this run; clear it when overwriting was asked.
+
+    With ``clear=False`` an overwritten run is only checked, not deleted: the training loop clears
+    it (``clear_output_dir``) once the config, data and model have passed their checks, so a
+    mistake found while loading them loses nothing.
 
     Raises:
         PoolftError: the folder holds another run, foreign files, or this run already (without
@@ -64,8 +68,8 @@ def prepare_output_dir(config: RunConfig) -> Path:
                 f"output_dir {folder} already holds files that are not a poolft run; choose another train.output_dir"
             )
         if config.train.overwrite_output_dir:
-            for child in folder.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            if clear:
+                clear_output_dir(folder)
         else:
             try:
                 previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
@@ -89,6 +93,12 @@ def prepare_output_dir(config: RunConfig) -> Path:
     except OSError as error:
         raise PoolftError(f"cannot write to output_dir {folder} ({error.strerror}); choose a writable folder") from None
     return folder
+
+
+def clear_output_dir(folder: Path) -> None:
+    """Delete everything in ``folder`` (a poolft run that ``--overwrite_output_dir true`` replaces)."""
+    for child in folder.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
 def check_resume_request(request: str | None) -> None:

@@ -1,0 +1,106 @@
+"""A mistake found while a run loads its data or model never costs the run it would overwrite,
+and mistakes that used to surface mid-training are one line before the run folder is touched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets_for_tests import write_image_folder, write_sentiment_csv
+
+from poolft.cli import main
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def text_run(tmp_path: Path, backbone: Path, output: Path) -> list[str]:
+    files = write_sentiment_csv(tmp_path / "data", train_size=24, eval_size=8)
+    return [
+        "train",
+        f"--data.data_files={json.dumps(files)}",
+        f"--model.backbone={backbone}",
+        f"--train.output_dir={output}",
+        "--train.batch_size=8",
+        "--train.max_steps=2",
+        "--train.progress=false",
+        "--train.mixed_precision=no",
+    ]
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("poolft: error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        ("--data.text_column=nope", "column 'nope' not in split"),
+        ("--model.pooler=nope", "unknown pooler 'nope'"),
+        ("--data.max_length=4096", "exceeds the backbone's 128 positions"),
+        ("--model.pooler_options={grid: true}", "pools a patch grid, but backbone"),
+    ],
+)
+def test_a_mistake_under_overwrite_keeps_the_earlier_run(tmp_path, tiny_bert_dir, capsys, mistake, message):
+    output = tmp_path / "run"
+    pooler = ["--model.pooler=window"] if "grid" in mistake else []
+    assert main(text_run(tmp_path, tiny_bert_dir, output)) == 0
+    before = snapshot(output)
+    assert "model.safetensors" in before and "metrics.json" in before
+    capsys.readouterr()
+
+    code = main([*text_run(tmp_path, tiny_bert_dir, output), "--overwrite_output_dir=true", *pooler, mistake])
+
+    assert code == 2
+    assert message in one_error_line(capsys)
+    assert snapshot(output) == before  # nothing deleted, nothing rewritten
+
+
+def test_overwrite_still_replaces_the_run_when_nothing_is_wrong(tmp_path, tiny_bert_dir):
+    output = tmp_path / "run"
+    assert main(text_run(tmp_path, tiny_bert_dir, output)) == 0
+    (output / "checkpoints" / "stray.txt").write_text("from the old run")
+    assert main([*text_run(tmp_path, tiny_bert_dir, output), "--overwrite_output_dir=true", "--seed=1"]) == 0
+    assert not (output / "checkpoints" / "stray.txt").exists()
+    assert "seed: 1" in (output / "config.yaml").read_text()
+
+
+def test_images_smaller_than_a_patch_are_one_line_before_training(tmp_path, tiny_vit_dir, capsys):
+    data = write_image_folder(tmp_path / "images", {"train": 4, "validation": 2})
+    output = tmp_path / "run"
+    command = [
+        "train",
+        f"--data.path={data}",
+        f"--model.backbone={tiny_vit_dir}",
+        f"--train.output_dir={output}",
+        "--data.image_size=5",  # the tiny ViT's patches are 7 x 7
+        "--train.max_steps=1",
+        "--train.progress=false",
+    ]
+    assert main(command) == 2
+    line = one_error_line(capsys)
+    assert "images of 5x5 px are smaller than one 7x7 patch" in line and "data.image_size to at least 7" in line
+    assert not output.exists() or snapshot(output) == {}  # no file written
+
+
+def test_eval_takes_local_files_and_a_malformed_mapping_is_one_line(tmp_path, tiny_bert_dir, capsys):
+    """``poolft eval --data.data_files`` scores a local file; its metrics equal the run's own on that file."""
+    output = tmp_path / "run"
+    assert main(text_run(tmp_path, tiny_bert_dir, output)) == 0
+    final = json.loads((output / "metrics.json").read_text())["final"]
+    capsys.readouterr()
+    validation = tmp_path / "data" / "validation.csv"
+
+    assert main(["eval", f"--model={output}", f"--data.data_files={{validation: {validation}}}"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["samples"] == final["samples"] == 8
+    assert metrics["accuracy"] == final["accuracy"]
+    assert metrics["loss"] == pytest.approx(final["loss"], rel=1e-5)
+
+    assert main(["eval", f"--model={output}", f"--data.data_files={{validation:{validation}}}"]) == 2
+    assert "not a mapping of split to file" in one_error_line(capsys)
