@@ -231,3 +231,29 @@ def family_dir(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("families")
     return lambda name: build_family(name, root)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (to assert that a failed command touched nothing)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def quiet_libraries():
+    """No progress bars or library warnings: stderr holds only what poolft itself says."""
+    import logging
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    accelerate_level = logging.getLogger("accelerate").level
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+    yield
+    datasets.enable_progress_bars()
+    transformers.logging.enable_progress_bar()
+    transformers.logging.set_verbosity(verbosity)
+    logging.getLogger("accelerate").setLevel(accelerate_level)

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import pytest
-import transformers
+from conftest import snapshot
 from datasets_for_tests import write_image_folder, write_sentiment_csv
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
@@ -475,26 +473,6 @@ CASES = [
         ("has no config.json", "pass the output_dir of a finished poolft train run"),
     ),
 ]
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def quiet_libraries():
-    """No progress bars or library warnings: stderr must hold poolft's own line only."""
-    datasets.disable_progress_bars()
-    transformers.logging.disable_progress_bar()
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    accelerate_level = logging.getLogger("accelerate").level
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
-    yield
-    datasets.enable_progress_bars()
-    transformers.logging.enable_progress_bar()
-    transformers.logging.set_verbosity(verbosity)
-    logging.getLogger("accelerate").setLevel(accelerate_level)
 
 
 def run_case(case: Case, ws: Workspace, capsys: pytest.CaptureFixture) -> list[str]:

@@ -437,26 +437,6 @@ def test_stock_head(family, family_dir, matrix_data, tmp_path, capsys):
     )
 
 
-@pytest.fixture
-def quiet_libraries():
-    """No progress bars or library warnings, so stderr holds only what poolft itself says."""
-    import logging
-
-    import datasets
-
-    datasets.disable_progress_bars()
-    transformers.logging.disable_progress_bar()
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    accelerate_level = logging.getLogger("accelerate").level
-    logging.getLogger("accelerate").setLevel(logging.ERROR)
-    yield
-    datasets.enable_progress_bars()
-    transformers.logging.enable_progress_bar()
-    transformers.logging.set_verbosity(verbosity)
-    logging.getLogger("accelerate").setLevel(accelerate_level)
-
-
 def assert_one_line_error(code: int, stderr: str, family: str, backbone: Path, missing: str) -> None:
     """Exit 2 and one ``poolft: error:`` line that names the family (not only its folder) and what it lacks."""
     lines = [line for line in stderr.splitlines() if line.strip()]

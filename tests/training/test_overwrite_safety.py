@@ -7,14 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import snapshot
 from datasets_for_tests import write_image_folder, write_sentiment_csv
 
 from poolft.cli import main
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def text_run(tmp_path: Path, backbone: Path, output: Path) -> list[str]:
