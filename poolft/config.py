@@ -37,6 +37,13 @@ class ModelConfig:
     revision: str | None = None
     trust_remote_code: bool = False
     allow_pickle_weights: bool = False  # load *.bin/*.pt backbones (then only with weights_only=True)
+    head_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "a poolft model folder whose pooling head and classifier start this run's head "
+            "(LP-FT by hand: a probe run, then a fine-tune from its head); None: a fresh head"
+        },
+    )
 
 
 @dataclass
@@ -108,6 +115,13 @@ class TrainConfig:
     fast_kernels: bool = True
     # several processes: how long one waits for the others (a dead or stuck peer) before the run fails
     distributed_timeout_seconds: int = 1800
+    head_warmup_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "LP-FT (Kumar et al. 2022): epochs of training the head alone on cached frozen-backbone "
+            "states (at head_learning_rate) before the whole model is fine-tuned from that head; 0: off"
+        },
+    )
 
 
 @dataclass
