@@ -7,14 +7,18 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
+import shutil
 import sys
+import textwrap
 import typing
 from typing import Any
 
 from .errors import PoolftError
+
+if typing.TYPE_CHECKING:
+    from .config import KeyDoc
 
 EXIT_USER_ERROR = 2
 
@@ -79,14 +83,32 @@ def data_files_mapping(text: str) -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="poolft", description="Fine-tune Hugging Face encoders with pluggable pooling heads.")
     commands = parser.add_subparsers(dest="command")
+    from .config import SECTIONS
+
     train = commands.add_parser(
         "train",
         help="fine-tune a pooled model (no arguments: the offline SST-2 quickstart)",
-        description="Train one run. Any config key can be overridden: --section.key VALUE, --key VALUE "
-        "or section.key=VALUE. Keys:\n" + config_keys_help(),
+        description="Train one run. Any config key below can be overridden: --section.key VALUE,\n"
+        "--key VALUE (a key that one section holds) or section.key=VALUE. Values are read\n"
+        "as YAML (1e-4, true, [1, 2], {key: value}); write None as null.",
+        epilog=config_keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", help="YAML file with model/data/train sections")
+    train.add_argument(
+        "--help-key",
+        "--help_key",
+        dest="help_key",
+        metavar="KEY",
+        help="show one config key (section.key, or a key that one section holds) and exit",
+    )
+    train.add_argument(
+        "--help-section",
+        "--help_section",
+        dest="help_section",
+        choices=list(SECTIONS),
+        help="show one section's keys and exit",
+    )
     evaluate = commands.add_parser("eval", help="evaluate a trained model on a dataset split")
     evaluate.add_argument("--model", required=True, help="folder written by poolft train")
     evaluate.add_argument("--config", help="YAML whose data section names the dataset (default: the model's run)")
@@ -111,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image", nargs="+", default=[], help="image files to classify")
     predict.add_argument("--batch_size", type=positive_int, default=64)
     predict.add_argument("--json", action="store_true", help="print JSON lines")
+    export = commands.add_parser(
+        "export-merged", help="fold a LoRA run's adapter into a plain model folder that loads without peft"
+    )
+    export.add_argument("--model", required=True, help="output_dir of a poolft train run with model.lora")
+    export.add_argument("--output", required=True, help="new folder for the merged model")
     commands.add_parser("poolers", help="list the pooling heads and their options")
     sweep = commands.add_parser(
         "sweep",
@@ -120,15 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--config", required=True, help="the recipe's base YAML")
     sweep.add_argument(
         "--poolers",
-        default="stock,cls,mean,max,attention,window",
-        help="comma-separated heads; 'stock' = the stock Hugging Face head",
+        default="stock,cls,mean,max,clsmean,attention,window",
+        help="comma-separated heads; 'stock' = the stock Hugging Face head, 'window-sliding' = 2-D local windows",
     )
     sweep.add_argument("--seeds", default="0,1,2")
     sweep.add_argument(
         "--rates", default=None, help="candidate rates to search per head (backbone rate; head rate on the probe track)"
     )
     sweep.add_argument("--holdout", type=float, default=0.1, help="share of the training split for the rate search")
-    sweep.add_argument("--track", choices=["finetune", "probe"], default=None)
+    sweep.add_argument(
+        "--grid-extensions",
+        dest="grid_extensions",
+        type=int,
+        default=2,
+        help="when the best rate is an end of the grid, try up to this many rates beyond it (0: never)",
+    )
+    sweep.add_argument("--track", choices=["finetune", "finetune-lpft", "probe"], default=None)
     sweep.add_argument("--task", default=None, help="name in the results (default: the config's folder name)")
     sweep.add_argument("--results", default="recipes/results")
     sweep.add_argument("--runs", default="runs/sweeps", help="where the runs' output folders go")
@@ -139,17 +173,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_keys_help() -> str:
-    from .config import SECTIONS
+def help_width() -> int:
+    """Columns for the config keys' help: the terminal's, at most 100."""
+    return max(60, min(100, shutil.get_terminal_size().columns - 2))
 
-    lines = []
-    for section, cls in SECTIONS.items():
-        keys = ", ".join(f.name for f in dataclasses.fields(cls))
-        lines.append(f"  {section}: {keys}")
-    return "\n".join(lines)
+
+def wrap_paragraph(text: str, indent: str = "") -> str:
+    """``text`` wrapped to ``help_width()``, every line indented by ``indent``."""
+    return textwrap.fill(text, help_width(), initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+
+
+def format_key_doc(doc: KeyDoc) -> str:
+    """``  --train.seed  int  (default: 0)`` and, below it, the key's help wrapped to ``help_width()``."""
+    header = f"  --{doc.section}.{doc.name}  {doc.type}  (default: {doc.default})"
+    return f"{header}\n{wrap_paragraph(doc.help, indent=' ' * 6)}"
+
+
+def config_keys_help(section: str | None = None) -> str:
+    """Every config key (or one section's) with its type, default and help, grouped by section."""
+    from .config import SECTIONS, key_docs
+
+    blocks = []
+    for name, cls in SECTIONS.items():
+        if section in (None, name):
+            title = f"{name} keys: {(cls.__doc__ or '').strip().splitlines()[0]}"
+            blocks.append("\n".join([title, *(format_key_doc(doc) for doc in key_docs(name))]))
+    return "\n\n".join(blocks)
+
+
+def key_help(key: str) -> str:
+    """One key's entry for ``poolft train --help-key KEY``, with the ways to set it."""
+    from .config import key_doc, key_docs
+
+    doc = key_doc(key.removeprefix("--"))
+    ways = [f"--{doc.section}.{doc.name} VALUE"]
+    if [other.section for other in key_docs() if other.name == doc.name] == [doc.section]:
+        ways.append(f"--{doc.name} VALUE")  # a name that several sections hold needs its section
+    ways.append(f"{doc.name}: VALUE under {doc.section}: in a --config YAML file")
+    ways_text = f"set with {', '.join(ways[:-1])} or {ways[-1]}"
+    return f"{format_key_doc(doc)}\n{wrap_paragraph(ways_text, indent=' ' * 6)}"
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.help_key is not None:  # an argument of its own, never read as a config override
+        print(key_help(args.help_key))
+        return 0
+    if args.help_section is not None:
+        print(config_keys_help(args.help_section))
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .config import load_config
     from .training.loop import train
@@ -197,6 +268,14 @@ def run_predict(args: argparse.Namespace, _: list[str]) -> int:
     check_files_exist(args.image)  # before the (slower) model loading
     classifier = load_classifier(args.model)
     inputs: list[Any] = list(args.texts) if args.texts else list(args.image)
+    if classifier.multi_label:  # every label with its sigmoid score; those above 0.5 apply
+        for item, scores in zip(inputs, classifier.predict_all(inputs, args.batch_size, not args.texts), strict=True):
+            if args.json:
+                labels = [label for label, score in scores.items() if score > 0.5]
+                print(json.dumps({"input": item, "labels": labels, "scores": scores}))
+            else:
+                print(" ".join(f"{label}:{score:.4f}" for label, score in scores.items()) + f"\t{item}")
+        return 0
     results = classifier.predict(inputs, batch_size=args.batch_size, images=not args.texts)
     for item, (label, probability) in zip(inputs, results, strict=True):
         if args.json:
@@ -236,6 +315,7 @@ def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         args.runs,
         args.holdout,
         overrides,
+        args.grid_extensions,
     )
     print(f"poolft sweep: {len(written)} result files under {args.results}")
     return 0
@@ -251,6 +331,14 @@ def run_report(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def run_export_merged(args: argparse.Namespace, _: list[str]) -> int:
+    from .models.lora import export_merged
+
+    output = export_merged(args.model, args.output)
+    print(f"poolft export-merged: wrote {output} (loads with AutoModelFor*Classification and pipeline, no peft)")
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "eval": run_eval,
@@ -258,6 +346,7 @@ COMMANDS = {
     "poolers": run_poolers,
     "sweep": run_sweep,
     "report": run_report,
+    "export-merged": run_export_merged,
 }
 
 

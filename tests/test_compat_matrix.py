@@ -53,7 +53,12 @@ from poolft.cli import main  # noqa: E402
 
 HEADS = poolft.available_poolers()
 #: (family, head) pairs refused in one line instead of trained: a SigLIP tower has no class token
-REFUSED_HEADS = {("siglip-vision", "cls"): "class token", ("siglip-vision", "clsmean"): "class token"}
+REFUSED_HEADS = {("siglip-vision", "cls"): "class token", ("siglip-vision", "clsmean"): "class token"} | {
+    # text varies in length; flatten concatenates one fixed patch grid
+    (name, "flatten"): "fixed patch grid"
+    for name, family in FAMILIES.items()
+    if family.modality == "text"
+}
 STOCK_FAMILIES = [name for name, family in FAMILIES.items() if family.stock_classifier]
 NO_STOCK_FAMILIES = [name for name, family in FAMILIES.items() if not family.stock_classifier]
 CASES = [(family, head) for family in FAMILIES for head in HEADS if (family, head) not in REFUSED_HEADS]

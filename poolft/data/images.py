@@ -23,6 +23,7 @@ from transformers.image_utils import SizeDict
 
 from ..config import DataConfig
 from ..errors import PoolftError
+from .labels import stack_labels
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -183,7 +184,8 @@ def cache_pixels(split: Dataset, image_processor: Any, config: DataConfig, name:
 class ImageCollator:
     """Stacks cached ``uint8`` pixels, rescales and normalises them, and augments when training.
 
-    Returns ``pixel_values`` ``(batch, 3, height, width)`` float32 and ``labels`` ``(batch,)``.
+    Returns ``pixel_values`` ``(batch, 3, height, width)`` float32 and ``labels`` ``(batch,)`` (multi-label:
+    float ``(batch, num_labels)``).
     Augmentation (train only): horizontal flip with p=0.5 and a random resized crop covering 70-100%
     of the area, drawn from torch's global RNG, which checkpoints save and restore, so a resumed
     run augments exactly like an uninterrupted one.
@@ -205,7 +207,7 @@ class ImageCollator:
         if self.augment:
             values = self.random_augment(values)
         values = (values - self.mean) / self.std
-        return {"pixel_values": values, "labels": torch.as_tensor([e["labels"] for e in examples])}
+        return {"pixel_values": values, "labels": stack_labels(examples)}
 
     def random_augment(self, values: torch.Tensor) -> torch.Tensor:
         """Flip and random-resized-crop a batch ``(batch, 3, h, w)``."""

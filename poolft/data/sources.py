@@ -20,6 +20,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from ..config import DataConfig
 from ..errors import PoolftError
+from .labels import encode_multi_hot, is_multi_label, multi_label_names
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 EMBEDDED = {
@@ -44,7 +45,7 @@ STRING_DTYPES = ("string", "large_string")
 
 @dataclass
 class LabeledSplits:
-    """Train and evaluation splits with a ``labels`` int column and the label names."""
+    """Train and evaluation splits with a ``labels`` column (int ids, or multi-hot floats) and the label names."""
 
     train: Dataset
     eval: Dataset
@@ -55,6 +56,8 @@ class LabeledSplits:
     data: DataConfig
     # rate search: ``train`` and ``eval`` are rows of this one split (encode it once, then select)
     holdout: HeldOutRows | None = None
+    # several labels per row (``labels`` is multi-hot; see ``poolft/data/labels.py``)
+    multi_label: bool = False
 
 
 @dataclass
@@ -99,8 +102,13 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
             raise PoolftError(f"split {split_name!r} has no examples; point data.path at a non-empty dataset")
     if config.max_train_samples is not None and need_train:
         train = train.select(range(min(config.max_train_samples, len(train))))
-    label_names = label_names_of(train, config.label_column)
-    train = encode_labels(train, config.label_column, label_names, config.train_split)
+    multi_label = check_same_label_kind(config, train, evaluation, need_train)
+    if multi_label:
+        label_names = multi_label_names(config, train)
+        train = encode_multi_hot(train, config, label_names, config.train_split)
+    else:
+        label_names = label_names_of(train, config.label_column)
+        train = encode_labels(train, config.label_column, label_names, config.train_split)
     holdout = None
     if config.holdout_fraction is not None and need_train:
         # rate search: hold out a seeded share of the run's training examples and evaluate on it
@@ -112,15 +120,33 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
     else:
         if config.max_eval_samples is not None:
             evaluation = evaluation.select(range(min(config.max_eval_samples, len(evaluation))))
-        evaluation = encode_labels(evaluation, config.label_column, label_names, config.eval_split)
-    for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
-        check_no_missing_labels(split, config.label_column, split_name)
-    if need_train:
-        check_two_classes(train, label_names, description)
+        if multi_label:
+            evaluation = encode_multi_hot(evaluation, config, label_names, config.eval_split)
+        else:
+            evaluation = encode_labels(evaluation, config.label_column, label_names, config.eval_split)
+    if not multi_label:  # multi-hot rows were checked while encoding; a label may be absent from them
+        for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
+            check_no_missing_labels(split, config.label_column, split_name)
+        if need_train:
+            check_two_classes(train, label_names, description)
+    elif not label_names:
+        raise PoolftError(f"no row of split {config.train_split!r} has a label; give the rows their labels")
     description.update(
         train_split=config.train_split, eval_split=config.eval_split, train_size=len(train), eval_size=len(evaluation)
     )
-    return LabeledSplits(train, evaluation, label_names, task, description, config, holdout)
+    return LabeledSplits(train, evaluation, label_names, task, description, config, holdout, multi_label)
+
+
+def check_same_label_kind(config: DataConfig, train: Dataset, evaluation: Dataset, need_train: bool) -> bool:
+    """Whether the splits are multi-label (see ``poolft/data/labels.py``); both must be the same kind."""
+    multi_label = is_multi_label(config, train, config.train_split if need_train else config.eval_split)
+    if need_train and is_multi_label(config, evaluation, config.eval_split) != multi_label:
+        kinds = ("lists of labels", "one label per row") if multi_label else ("one label per row", "lists of labels")
+        raise PoolftError(
+            f"split {config.train_split!r} has {kinds[0]} but split {config.eval_split!r} has {kinds[1]} in column "
+            f"{config.label_column!r}; give both splits the same kind of labels"
+        )
+    return multi_label
 
 
 def _load_raw(config: DataConfig, need_train: bool) -> tuple[DatasetDict, dict[str, Any]]:
@@ -367,6 +393,8 @@ def choose_text_columns(
 def check_columns(config: DataConfig, task: str, split: Dataset, split_name: str) -> None:
     """Raise a ``PoolftError`` naming the missing column and the ones that exist."""
     needed = {"label_column": config.label_column}
+    if config.label_columns:
+        needed = {f"label_columns[{i}]": column for i, column in enumerate(config.label_columns)}
     if task == "text":
         needed["text_column"] = config.text_column
         if config.text_pair_column:
@@ -377,7 +405,7 @@ def check_columns(config: DataConfig, task: str, split: Dataset, split_name: str
         if column not in split.column_names:
             raise PoolftError(
                 f"column {column!r} not in split {split_name!r} (columns: {', '.join(split.column_names)}); "
-                f"set data.{key}"
+                f"set data.{key.split('[')[0]}"
             )
 
 

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..config import DataConfig
 from ..errors import PoolftError
+from .labels import stack_labels
 
 
 def check_max_length(config: DataConfig, tokenizer: PreTrainedTokenizerBase, max_positions: int | None) -> None:
@@ -64,7 +65,7 @@ class TextCollator:
     the positions it has alone. (Left padding is for decoders that generate after the prompt.)
 
     Returns ``input_ids``/``attention_mask`` (``token_type_ids``) ``(batch, tokens)`` and
-    ``labels`` ``(batch,)``.
+    ``labels`` ``(batch,)`` (multi-label: float ``(batch, num_labels)``).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None) -> None:
@@ -87,5 +88,5 @@ class TextCollator:
                 padded[row, : len(values)] = values
             batch[key] = padded
         if "labels" in examples[0]:
-            batch["labels"] = torch.as_tensor([e["labels"] for e in examples])
+            batch["labels"] = stack_labels(examples)
         return batch

@@ -1,4 +1,5 @@
-"""poolft's evaluation metrics, loaded as a local ``evaluate`` module (works offline)."""
+"""poolft's evaluation metrics: single-label ones as a local ``evaluate`` module (works offline), multi-label
+ones (micro-F1, macro-F1, exact match) in ``multi_label.py``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import evaluate
+
+from .multi_label import multi_label_metrics
+
+__all__ = ["classification_metrics", "load_classification_metric", "multi_label_metrics"]
 
 METRIC_SCRIPT = Path(__file__).parent / "classification.py"
 

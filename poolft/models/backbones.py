@@ -178,6 +178,13 @@ def checked_option(pooler: str, key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, (list, tuple)):
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         kind = "a list of integers, e.g. [1, 2, 4]"
+    elif default is None and key == "grid_size":
+        ok = value is None or (
+            isinstance(value, (list, tuple))
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        )
+        kind = "two integers [h, w]"
     elif default is None:
         ok = value is None or (
             isinstance(value, (list, tuple))
@@ -198,10 +205,21 @@ def _is_number(value: Any) -> bool:
 
 
 def build_model(
-    backbone: str, task: str, model: ModelConfig, label_names: list[str], image_size: int | None = None
+    backbone: str,
+    task: str,
+    model: ModelConfig,
+    label_names: list[str],
+    image_size: int | None = None,
+    *,
+    problem_type: str | None = None,
 ) -> PreTrainedModel:
-    """The classifier a run trains: a poolft head on the backbone, or the stock HF head."""
+    """The classifier a run trains: a poolft head on the backbone, or the stock HF head.
+
+    ``problem_type`` goes into the model's config as transformers has it: ``"multi_label_classification"``
+    makes the model (stock or poolft) compute BCE and ``pipeline`` apply a sigmoid; None: single-label.
+    """
     id2label = dict(enumerate(label_names))
+    problem = {"problem_type": problem_type} if problem_type is not None else {}
     load_kwargs = {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
     check_weight_format(backbone, model.allow_pickle_weights)
     backbone_config = AutoConfig.from_pretrained(backbone, **load_kwargs)
@@ -220,6 +238,7 @@ def build_model(
                 id2label=id2label,
                 label2id={name: i for i, name in id2label.items()},
                 ignore_mismatched_sizes=True,
+                **problem,
                 **load_kwargs,
             )
             return stock_at_image_size(stock, image_size)
@@ -235,6 +254,7 @@ def build_model(
             hidden_layers=model.hidden_layers,
             layer_combine=model.layer_combine,
             classifier_dropout=model.classifier_dropout,
+            **problem,
             **load_kwargs,
         )
     except (ValueError, TypeError) as error:  # a pooler option with a bad value
@@ -277,6 +297,11 @@ def check_pooler_fits(
             f"pooler option {pooler}.grid=true pools a patch grid, but backbone {backbone} is a text model "
             f"({config.model_type}); drop grid (windows over the tokens) or use a ViT-family backbone"
         )
+    if pooler == "flatten" and modality_of(config) == "text":
+        raise PoolftError(
+            f"pooler flatten concatenates a fixed patch grid, but backbone {backbone} is a text model "
+            f"({config.model_type}) whose inputs vary in length; use mean, attention or window"
+        )
     if pooler in CLASS_TOKEN_POOLERS and modality_of(config) == "image" and not has_class_token(config):
         raise PoolftError(
             f"backbone {backbone} is a {config.model_type}, which has no class token, so the {pooler} pooler has "
@@ -291,6 +316,8 @@ def describe_head(model: PreTrainedModel) -> dict[str, str]:
     family's ``modeling_*.py``): e.g. DINOv2 classifies ``[CLS, mean(patch tokens)]``, BEiT the
     layer-normed mean of its patch tokens, BERT its pooler's ``dense + tanh`` of CLS.
     """
+    if hasattr(model, "get_base_model"):  # a peft.PeftModel (model.lora): describe the classifier it wraps
+        model = model.get_base_model()
     name = type(model).__name__
     config = model.config
     if config.model_type == "poolft":
@@ -469,6 +496,26 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
+def fill_patch_grid(model: ModelConfig, config: PretrainedConfig, size: tuple[int, int]) -> None:
+    """Give ``flatten`` the patch grid of images of ``size`` ``(height, width)`` (its ``grid_size``).
+
+    Raises:
+        PoolftError: a ``grid_size`` option that is not the grid these images make.
+    """
+    if model.stock_head or model.pooler != "flatten" or getattr(config, "patch_size", None) is None:
+        return
+    patch = config.patch_size
+    patch_h, patch_w = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    grid = [size[0] // patch_h, size[1] // patch_w]
+    given = model.pooler_options.get("grid_size")
+    if given is not None and list(given) != grid:
+        raise PoolftError(
+            f"pooler option flatten.grid_size={list(given)} but {size[0]}x{size[1]} px images make a "
+            f"{grid[0]}x{grid[1]} patch grid; drop grid_size (poolft fills it in) or change data.image_size"
+        )
+    model.pooler_options["grid_size"] = grid
+
+
 def check_image_fits(backbone: str, config: PretrainedConfig, size: tuple[int, int]) -> None:
     """Images of ``size`` ``(height, width)`` pixels must hold at least one patch of the backbone."""
     patch = getattr(config, "patch_size", None)
@@ -480,3 +527,21 @@ def check_image_fits(backbone: str, config: PretrainedConfig, size: tuple[int, i
             f"images of {size[0]}x{size[1]} px are smaller than one {patch_h}x{patch_w} patch of backbone {backbone}; "
             f"set data.image_size to at least {max(patch_h, patch_w)} (a multiple of the patch size is best)"
         )
+
+
+def use_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute the backbone's layer activations in the backward pass instead of keeping them.
+
+    Transformers' activation (gradient) checkpointing, non-reentrant, on a poolft or stock model:
+    the same gradients (dropout masks are replayed from the saved RNG state) for less memory.
+    """
+    kwargs = {"use_reentrant": False}
+    try:
+        if hasattr(model, "activation_checkpointing_enable"):  # gradient_checkpointing_enable's newer name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    except ValueError as error:  # a family without checkpointing support
+        raise PoolftError(
+            f"model.gradient_checkpointing: {_first_line(error)}; drop model.gradient_checkpointing"
+        ) from None

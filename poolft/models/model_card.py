@@ -9,6 +9,14 @@ from typing import Any
 
 from ..config import RunConfig
 
+#: what the card of a LoRA run's folder adds to "Use": the folder itself holds an adapter, not a model
+LORA_USE = [
+    "A LoRA run's folder holds a peft adapter on the backbone, not a whole model: `poolft predict --model "
+    "FOLDER` and `poolft eval --model FOLDER` read it, and `poolft export-merged --model FOLDER --output DIR` "
+    "(or `merged/`, written with `train.merge_lora_at_end`) is the plain model that the lines above load.",
+    "",
+]
+
 
 def repeat_command(config_path: str) -> str:
     """The command that repeats a run from its saved config."""
@@ -40,7 +48,7 @@ def model_card(config: RunConfig, metrics: dict[str, Any], label_names: list[str
         "| metric | final | best |",
         "|---|---|---|",
     ]
-    for key in ("accuracy", "macro_f1", "loss"):
+    for key in ("accuracy", "micro_f1", "macro_f1", "exact_match", "loss"):  # micro_f1, exact_match: multi-label
         if key in final or key in best:
             lines.append(f"| {key} | {_fmt(final.get(key))} | {_fmt(best.get(key))} |")
     lines += [
@@ -56,6 +64,7 @@ def model_card(config: RunConfig, metrics: dict[str, Any], label_names: list[str
         f'classifier = pipeline("{pipeline_task}", model="path/to/this/folder")',
         "```",
         "",
+        *(LORA_USE if model.lora is not None else []),
         "## Repeat",
         "",
         "```bash",

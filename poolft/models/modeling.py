@@ -125,6 +125,9 @@ class PoolftPreTrainedModel(PreTrainedModel):
     base_model_prefix = "encoder"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    #: label smoothing of the training loss (``train.label_smoothing``); an attribute, not config: a saved
+    #: model's outputs do not depend on it, so it is not saved and a loaded model computes the plain loss
+    label_smoothing: float = 0.0
 
     def __init__(self, config: PoolftConfig, encoder: PreTrainedModel | None = None) -> None:
         super().__init__(config)
@@ -178,7 +181,7 @@ class PoolftPreTrainedModel(PreTrainedModel):
         """Pool ``states`` ``(batch, tokens, hidden)`` and classify: ``(loss, logits (batch, labels))``."""
         pooled = self.pooler(states, attention_mask, num_prefix_tokens=num_prefix_tokens, grid_size=grid_size)
         logits = self.classifier(self.dropout(pooled))
-        return classification_loss(self.config, logits, labels), logits
+        return classification_loss(self.config, logits, labels, label_smoothing=self.label_smoothing), logits
 
     @classmethod
     def from_backbone(
@@ -192,13 +195,15 @@ class PoolftPreTrainedModel(PreTrainedModel):
         hidden_layers: list[int] | None = None,
         layer_combine: str = "mean",
         classifier_dropout: float = 0.1,
+        problem_type: str | None = None,
         **load_kwargs: Any,
     ) -> PoolftPreTrainedModel:
         """A pooled classifier on the pretrained encoder ``name_or_path`` (Hub id or folder).
 
         The encoder keeps its pretrained weights; with ``pooler="cls"`` and
         ``pooler_options={"dense": True}`` the dense layer starts from the encoder's own pooler.
-        ``load_kwargs`` go to ``AutoModel.from_pretrained``.
+        ``problem_type`` is transformers' (``"multi_label_classification"``: sigmoid outputs, BCE loss;
+        None: set from the first labels seen). ``load_kwargs`` go to ``AutoModel.from_pretrained``.
         """
         if id2label is None:
             id2label = {i: f"LABEL_{i}" for i in range(num_labels if num_labels is not None else 2)}
@@ -212,6 +217,7 @@ class PoolftPreTrainedModel(PreTrainedModel):
             hidden_layers=hidden_layers,
             layer_combine=layer_combine,
             classifier_dropout=classifier_dropout,
+            problem_type=problem_type,
             id2label=dict(id2label),
             label2id={label: i for i, label in id2label.items()},
             # keep the attention kernel the encoder was loaded with (the config would reset it)
@@ -256,9 +262,14 @@ class PoolftPreTrainedModel(PreTrainedModel):
 
 
 def classification_loss(
-    config: PretrainedConfig, logits: torch.Tensor, labels: torch.Tensor | None
+    config: PretrainedConfig, logits: torch.Tensor, labels: torch.Tensor | None, *, label_smoothing: float = 0.0
 ) -> torch.Tensor | None:
-    """The loss ``transformers`` uses for its ``*ForSequenceClassification`` models."""
+    """The loss ``transformers`` uses for its ``*ForSequenceClassification`` models, chosen by ``config.problem_type``.
+
+    ``logits`` ``(batch, labels)``; ``labels`` ids ``(batch,)`` or multi-hot ``(batch, labels)``. With
+    ``label_smoothing`` e, cross-entropy smooths as ``F.cross_entropy(label_smoothing=e)`` and BCE targets
+    become ``y (1 - e) + e / 2`` (each label's two-class cross-entropy, smoothed alike).
+    """
     if labels is None:
         return None
     labels = labels.to(logits.device)
@@ -272,8 +283,31 @@ def classification_loss(
     if config.problem_type == "regression":
         return F.mse_loss(logits.squeeze(-1).float(), labels.squeeze(-1).float())
     if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.float().view(-1, config.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.cross_entropy(
+            logits.float().view(-1, config.num_labels), labels.view(-1), label_smoothing=label_smoothing
+        )
+    return F.binary_cross_entropy_with_logits(logits.float(), smoothed_targets(labels, label_smoothing))
+
+
+def smoothed_targets(labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Multi-hot ``labels`` ``(batch, labels)`` as float BCE targets ``y (1 - e) + e / 2`` (unchanged for e = 0)."""
+    targets = labels.float()
+    return targets * (1 - label_smoothing) + label_smoothing / 2 if label_smoothing else targets
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The classification loss of each row, ``(batch,)``: its mean is ``classification_loss``.
+
+    Multi-hot float ``labels`` ``(batch, labels)`` give BCE-with-logits averaged over the labels,
+    int ids ``(batch,)`` cross-entropy (both with ``label_smoothing`` as in ``classification_loss``).
+    """
+    logits = logits.float()
+    if labels.is_floating_point() and labels.dim() == logits.dim():
+        targets = smoothed_targets(labels.to(logits.device), label_smoothing)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dim=-1)
+    return F.cross_entropy(
+        logits.view(-1, logits.shape[-1]), labels.view(-1), reduction="none", label_smoothing=label_smoothing
+    )
 
 
 def right_padding_order(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -322,7 +356,8 @@ class PoolftForSequenceClassification(PoolftPreTrainedModel):
         """Classify a batch of texts padded on either side.
 
         Args: ``input_ids`` / ``attention_mask`` / ``token_type_ids`` / ``position_ids``
-        ``(batch, tokens)``, or ``inputs_embeds`` ``(batch, tokens, hidden)``; ``labels`` ``(batch,)``.
+        ``(batch, tokens)``, or ``inputs_embeds`` ``(batch, tokens, hidden)``; ``labels`` ``(batch,)``
+        (multi-label: multi-hot floats ``(batch, labels)``).
         Returns logits ``(batch, labels)`` and, when asked, ``hidden_states`` ``layers x (batch,
         tokens, hidden)`` in the columns of the inputs.
         """
@@ -413,7 +448,7 @@ class PoolftForImageClassification(PoolftPreTrainedModel):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> ImageClassifierOutput:
-        """Args: ``pixel_values`` ``(batch, channels, height, width)``; ``labels`` ``(batch,)``."""
+        """Args: ``pixel_values`` ``(batch, channels, height, width)``; ``labels`` ``(batch,)`` (or multi-hot)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required; run the images through the model's image processor")
         output_hidden_states = self.wants_all_layers() or bool(kwargs.pop("output_hidden_states", False))

@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from ..data.images import to_rgb
+from ..data.labels import MULTI_LABEL
 from ..data.text import TextCollator
 from ..errors import PoolftError
 from .backbones import max_positions
@@ -21,13 +22,35 @@ UNBOUNDED_LENGTH = 10**9
 
 
 class Classifier:
-    """A saved model + preprocessor that returns ``(label, probability)`` per input."""
+    """A saved model + preprocessor that returns ``(label, probability)`` per input, or every label's score."""
 
     def __init__(self, model: Any, preprocessor: Any, task: str) -> None:
         self.model, self.preprocessor, self.task = model, preprocessor, task
 
-    @torch.inference_mode()
+    @property
+    def multi_label(self) -> bool:
+        """A multi-label model: independent sigmoid scores, every label above 0.5 applies."""
+        return self.model.config.problem_type == MULTI_LABEL
+
     def predict(self, inputs: list[Any], batch_size: int = 64, images: bool = False) -> list[tuple[str, float]]:
+        """Per input its most likely label and that label's score (softmax, or sigmoid if multi-label)."""
+        results = []
+        for row in self.scores(inputs, batch_size, images):
+            best = int(row.argmax())
+            results.append((self.model.config.id2label[best], float(row[best])))
+        return results
+
+    def predict_all(self, inputs: list[Any], batch_size: int = 64, images: bool = False) -> list[dict[str, float]]:
+        """Per input every label with its score, highest first (``pipeline(..., top_k=None)``'s scores)."""
+        id2label = self.model.config.id2label
+        return [
+            dict(sorted(((id2label[i], float(score)) for i, score in enumerate(row)), key=lambda pair: -pair[1]))
+            for row in self.scores(inputs, batch_size, images)
+        ]
+
+    @torch.inference_mode()
+    def scores(self, inputs: list[Any], batch_size: int = 64, images: bool = False) -> torch.Tensor:
+        """``(inputs, labels)`` scores: softmax probabilities, or sigmoid scores for a multi-label model."""
         if images != (self.task == "image"):
             kind = "image files (--image)" if self.task == "image" else "texts"
             article = "an" if self.task == "image" else "a"
@@ -40,19 +63,15 @@ class Classifier:
             collate = TextCollator(self.preprocessor)
         else:
             order = list(range(len(inputs)))
-        results: list[tuple[str, float]] = [("", 0.0)] * len(inputs)
+        results = torch.zeros(len(inputs), self.model.config.num_labels)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             if self.task == "text":
                 batch = collate([examples[i] for i in chunk])
             else:
                 batch = self.encode_images([inputs[i] for i in chunk])
-            logits = self.model(**batch).logits
-            probabilities = logits.float().softmax(dim=-1)
-            best = probabilities.max(dim=-1)
-            for row, index in enumerate(chunk):
-                label = self.model.config.id2label[int(best.indices[row])]
-                results[index] = (label, float(best.values[row]))
+            logits = self.model(**batch).logits.float()
+            results[chunk] = logits.sigmoid() if self.multi_label else logits.softmax(dim=-1)
         return results
 
     def tokenize(self, texts: list[str]) -> list[dict[str, list[int]]]:

@@ -16,6 +16,7 @@ from transformers import (
 from ..errors import PoolftError
 from . import modeling  # noqa: F401  (registers the poolft classes with the Auto classes)
 from .backbones import modality_of
+from .lora import is_adapter_folder, load_lora_classifier, merged_classifier
 
 
 def load_saved_classifier(folder: str) -> tuple[Any, Any, str]:
@@ -34,7 +35,10 @@ def load_saved_classifier(folder: str) -> tuple[Any, Any, str]:
     task = modality_of(config)
     auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
     try:
-        model = auto.from_pretrained(folder).eval()
+        if is_adapter_folder(path):  # a LoRA run: its backbone + adapter, merged for inference
+            model = merged_classifier(load_lora_classifier(path))
+        else:
+            model = auto.from_pretrained(folder).eval()
     except (OSError, ValueError) as error:
         raise PoolftError(
             f"cannot load the weights of model {folder} ({_first_line(error)}); pass the output_dir of a finished "
@@ -58,3 +62,50 @@ def load_saved_classifier(folder: str) -> tuple[Any, Any, str]:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def head_parameter_names(model: Any) -> list[str]:
+    """Names of the state entries outside the encoder (``base_model_prefix``): pooler, classifier, ..."""
+    prefix = f"{getattr(model, 'base_model_prefix', 'encoder')}."
+    return [name for name in model.state_dict() if not name.startswith(prefix)]
+
+
+def load_head(model: Any, folder: str, label_names: list[str]) -> list[str]:
+    """Copy the head (every weight outside the encoder) of the saved model in ``folder`` into ``model``.
+
+    LP-FT by hand: a probe run trains the head on frozen states, then a fine-tune starts from it
+    (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"). Returns the names copied.
+
+    Raises:
+        PoolftError: ``folder`` holds no saved model, another label set, or a head of another shape
+            (another pooler, options or backbone width).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(folder)
+    weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not weights or not (path / "config.json").is_file():
+        raise PoolftError(
+            f"model.head_from {folder} holds no saved model (config.json + *.safetensors); pass the output_dir "
+            "of a finished poolft train run (e.g. a probe run with the same pooler)"
+        )
+    saved_labels = [name for _, name in sorted(AutoConfig.from_pretrained(folder).id2label.items())]
+    if saved_labels != list(label_names):
+        raise PoolftError(
+            f"model.head_from {folder} was trained on labels {saved_labels[:5]}, this run has {list(label_names)[:5]}; "
+            "start from a head trained on the same labels"
+        )
+    state: dict[str, Any] = {}
+    for file in weights:
+        state.update(load_file(str(file)))
+    names = head_parameter_names(model)
+    current = model.state_dict()
+    for name in names:
+        if name not in state or tuple(state[name].shape) != tuple(current[name].shape):
+            found = tuple(state[name].shape) if name in state else "nothing"
+            raise PoolftError(
+                f"model.head_from {folder} has {found} for {name} where this run's head needs "
+                f"{tuple(current[name].shape)}; start from a run with the same pooler, options and backbone"
+            )
+    model.load_state_dict({name: state[name] for name in names}, strict=False)
+    return names

@@ -13,8 +13,25 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-HEAD_ORDER = ["stock", "cls", "mean", "max", "attention", "window", "meanmax", "gem"]
-TRACK_ORDER = ["finetune", "probe"]
+import numpy as np
+
+from ..errors import PoolftError
+from .significance import PairedDifference, best_and_tied, decode_predictions, kendall_tau, paired_bootstrap
+
+HEAD_ORDER = [
+    "stock",
+    "cls",
+    "mean",
+    "max",
+    "clsmean",
+    "attention",
+    "window",
+    "window-sliding",
+    "flatten",
+    "meanmax",
+    "gem",
+]
+TRACK_ORDER = ["finetune", "finetune-lpft", "probe"]
 START, END = "<!-- poolft-report:start -->", "<!-- poolft-report:end -->"
 
 
@@ -67,32 +84,123 @@ def percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
-def task_table(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Markdown rows: one per head, mean ± std over seeds, and the difference to the stock head."""
+def ordered_groups(groups: Any) -> list[tuple[str, str]]:
+    """``(task, track)`` keys by task, then tracks in ``TRACK_ORDER`` (unknown tracks last, by name)."""
+    return sorted(groups, key=lambda k: (k[0], TRACK_ORDER.index(k[1]) if k[1] in TRACK_ORDER else 9, k[1]))
+
+
+def head_correctness(runs: list[dict[str, Any]]) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """``(split, references, correct)`` of one head: ``correct`` is ``(seeds, examples)`` 0/1 in
+    seed order. None when a seed recorded no per-example predictions."""
+    if not all(r.get("predictions") for r in runs):
+        return None
+    runs = sorted(runs, key=lambda r: r["seed"])
+    split = runs[0]["predictions"]["split"]
+    rows, references = [], None
+    for run in runs:
+        predicted, seen = decode_predictions(run["predictions"])
+        if run["predictions"]["split"] != split or (references is not None and not np.array_equal(seen, references)):
+            raise PoolftError(f"{run['task']}/{run['track']}/{run['head']}: seeds evaluated on different examples")
+        references = seen
+        rows.append(predicted == seen)
+    return split, references, np.stack(rows).astype(np.uint8)
+
+
+def correctness_by_head(runs_by_head: dict[str, list[dict[str, Any]]]) -> dict[str, np.ndarray | None]:
+    """Each head's ``(seeds, examples)`` correctness (None without predictions), checked to be paired:
+    every head with predictions was evaluated on the same split, row for row."""
+    found = {head: head_correctness(runs_by_head[head]) for head in ordered_heads(runs_by_head)}
+    recorded = [(head, entry) for head, entry in found.items() if entry is not None]
+    if recorded:
+        first, (first_split, first_references, _) = recorded[0]
+        for head, (split, references, _) in recorded[1:]:
+            if split != first_split or not np.array_equal(references, first_references):
+                raise PoolftError(f"{head} and {first} were evaluated on different examples: no paired comparison")
+    return {head: None if entry is None else entry[2] for head, entry in found.items()}
+
+
+def points(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def interval_cells(interval: PairedDifference | None) -> str:
+    """The ``95% CI`` and ``noise?`` cells of a table row."""
+    if interval is None:
+        return "— | —"
+    return f"[{points(interval.low)}, {points(interval.high)}] | {'within noise' if interval.within_noise else ''}"
+
+
+def rate_text(run: dict[str, Any]) -> str:
+    """The chosen rate, flagged ``(edge)`` at an end of its searched grid (which should bracket it)."""
+    rate = run.get("rate")
+    if rate is None:
+        return "—"
+    grid = [float(r) for r in run.get("rate_search") or {}]
+    at_edge = len(grid) > 1 and any(math.isclose(rate, end, rel_tol=1e-9) for end in (min(grid), max(grid)))
+    return f"{rate:g} (edge)" if at_edge else f"{rate:g}"
+
+
+def task_table(
+    runs_by_head: dict[str, list[dict[str, Any]]], correct: dict[str, np.ndarray | None] | None = None
+) -> list[str]:
+    """Markdown rows: one per head, mean ± std over seeds, and the difference to the stock head with
+    its paired-bootstrap 95% CI (``correct``: ``correctness_by_head``, computed when not given)."""
+    correct = correctness_by_head(runs_by_head) if correct is None else correct
     stock = runs_by_head.get("stock")
     stock_mean = mean_std([r["final"]["accuracy"] for r in stock])[0] if stock else None
+    stock_correct = correct.get("stock")
     lines = [
-        "| head | accuracy % (mean ± std) | macro-F1 % | seeds | Δ vs stock (points) | chosen rate "
-        "| train samples/s | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| head | accuracy % (mean ± std) | macro-F1 % | seeds | Δ vs stock (points) | 95% CI (points) | noise? "
+        "| chosen rate | train samples/s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for head in ordered_heads(runs_by_head):
         runs = sorted(runs_by_head[head], key=lambda r: r["seed"])
         accuracy, spread = mean_std([r["final"]["accuracy"] for r in runs])
         f1, _ = mean_std([r["final"]["macro_f1"] for r in runs])
-        delta = "—" if stock_mean is None or head == "stock" else f"{100 * (accuracy - stock_mean):+.2f}"
-        rate = runs[0].get("rate")
+        delta = "—" if stock_mean is None or head == "stock" else points(accuracy - stock_mean)
+        interval = None
+        if head != "stock" and stock_correct is not None and correct.get(head) is not None:
+            interval = paired_bootstrap(correct[head], stock_correct)
         speed = statistics.fmean([r["train_samples_per_second"] or 0.0 for r in runs])
         wall = statistics.fmean([r["wall_seconds"] for r in runs])
         spread_text = f" ± {percent(spread)}" if spread is not None else ""
         lines.append(
             f"| {head} | {percent(accuracy)}{spread_text} | {percent(f1)} | {len(runs)} | {delta} | "
-            f"{rate:g} | {speed:.1f} | {wall:.0f} |"
-            if rate is not None
-            else f"| {head} | {percent(accuracy)}{spread_text} | {percent(f1)} | {len(runs)} | {delta} | — | "
-            f"{speed:.1f} | {wall:.0f} |"
+            f"{interval_cells(interval)} | {rate_text(runs[0])} | {speed:.1f} | {wall:.0f} |"
         )
     return lines
+
+
+def best_line(runs_by_head: dict[str, list[dict[str, Any]]], correct: dict[str, np.ndarray | None]) -> str:
+    """The best head by mean accuracy and the heads whose paired-bootstrap Δ to it contains 0."""
+    if len(runs_by_head) < 2:
+        return f"Only head: **{ordered_heads(runs_by_head)[0]}**."
+    means = {
+        head: statistics.fmean([r["final"]["accuracy"] for r in runs_by_head[head]])
+        for head in ordered_heads(runs_by_head)
+    }
+    if any(c is None for c in correct.values()):
+        best = max(means, key=means.__getitem__)
+        return (
+            f"Best: **{best}** ({percent(means[best])}%); ties not tested (per-example predictions are not "
+            "recorded for every head)."
+        )
+    best, tied, _ = best_and_tied({head: c for head, c in correct.items() if c is not None})
+    within = ", ".join(tied) if tied else "none"
+    return f"Best: **{best}** ({percent(means[best])}%); within noise of it (95% CI of Δ contains 0): {within}."
+
+
+def track_section(records: list[dict[str, Any]]) -> list[str]:
+    """One track's table and the best-head line under it, from that track's seed records (all heads).
+
+    ``poolft report`` renders every (task, track) with it; ``poolft compare`` can render any set.
+    """
+    runs_by_head: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        runs_by_head[record["head"]].append(record)
+    correct = correctness_by_head(runs_by_head)
+    return task_table(runs_by_head, correct) + ["", best_line(runs_by_head, correct)]
 
 
 def budget_lines(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -100,13 +208,7 @@ def budget_lines(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
     first = runs_by_head[ordered_heads(runs_by_head)[0]][0]
     hyper = first["hyperparameters"]
     data, train = hyper["data"], hyper["train"]
-    cpus = sorted(
-        {
-            f"{r['hardware'].get('cpu')} ({r['hardware'].get('cpu_count')} cores)"
-            for runs in runs_by_head.values()
-            for r in runs
-        }
-    )
+    cpus = sorted({machine(r["hardware"]) for runs in runs_by_head.values() for r in runs})
     size = f"image size {data['image_size']} px" if data.get("image_size") else f"max length {data['max_length']}"
     commits = sorted({r["software"]["poolft_commit"][:12] for runs in runs_by_head.values() for r in runs})
     lines = [
@@ -121,6 +223,13 @@ def budget_lines(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
         f"- poolft commit(s): {', '.join(commits)}",
     ]
     return lines
+
+
+def machine(hardware: dict[str, Any]) -> str:
+    """A run's CPU, core count and (when recorded) CPU flags, sorted."""
+    flags = hardware.get("cpu_flags")
+    listed = f"; flags {' '.join(sorted(flags))}" if flags else ""
+    return f"{hardware.get('cpu')} ({hardware.get('cpu_count')} cores{listed})"
 
 
 def rate_line(run: dict[str, Any]) -> str:
@@ -172,6 +281,54 @@ def plot(runs_by_head: dict[str, list[dict[str, Any]]], title: str, path: Path) 
     plt.close(figure)
 
 
+INTRO = """\
+Generated by `poolft report` from `recipes/results/**/*.json` (one file per run, written by
+`poolft sweep`); do not edit by hand. Accuracy on the full evaluation split, mean ± sample std
+over seeds; Δ is the difference of the mean to the stock Hugging Face head on the same backbone,
+data and budget, trained by the same loop. Its 95% CI is a paired bootstrap over the evaluation
+examples (10,000 resamples with replacement, seed 0; each example's correctness averaged over a
+head's seeds): "within noise" marks a head whose interval contains 0, so these examples cannot tell
+it from the stock head. The interval covers the choice of evaluation examples, not the spread
+between training seeds (see the std). "—" where a run recorded no per-example predictions. Under
+each table: the best head by mean accuracy and the heads within noise of it by the same test. A
+chosen rate marked "(edge)" is an end of its searched grid, which therefore may not bracket the
+best rate."""
+
+
+def mean_accuracy_by_head(runs_by_head: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    return {head: statistics.fmean([r["final"]["accuracy"] for r in runs]) for head, runs in runs_by_head.items()}
+
+
+def ranking_lines(task: str, groups: dict[tuple[str, str], dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """Kendall's τ-b between the probe's per-head mean accuracies and each fine-tuning track's, over
+    the heads recorded on both (at least 3); no lines when there is nothing to compare."""
+    if (task, "probe") not in groups:
+        return []
+    probe = mean_accuracy_by_head(groups[(task, "probe")])
+    rows = []
+    for track in ("finetune", "finetune-lpft"):
+        if (task, track) not in groups:
+            continue
+        tuned = mean_accuracy_by_head(groups[(task, track)])
+        heads = ordered_heads(set(probe) & set(tuned))
+        if len(heads) < 3:
+            continue
+        tau = kendall_tau([probe[h] for h in heads], [tuned[h] for h in heads])
+        value = "undefined (one ranking is all ties)" if math.isnan(tau) else f"= {tau:.2f}"
+        rows.append(f"- probe vs {track}: τ {value} over {len(heads)} heads ({', '.join(heads)})")
+    if not rows:
+        return []
+    return [
+        f"## {task} — how well the probe ranking predicts fine-tuning",
+        "",
+        "Kendall's τ-b between the heads' mean accuracies on the probe track and on a fine-tuning track,",
+        "over the heads recorded on both (1: the same order, 0: unrelated, -1: reversed; ties allowed).",
+        "",
+        *rows,
+        "",
+    ]
+
+
 def render(
     results: list[dict[str, Any]],
     plots_dir: Path | None,
@@ -179,37 +336,33 @@ def render(
     search_runs: list[dict[str, Any]] | None = None,
 ) -> str:
     """The recipes README as text (plots are written when ``plots_dir`` is given)."""
-    lines = [
-        "# Recipes: what each pooling head scores",
-        "",
-        "Generated by `poolft report` from `recipes/results/**/*.json` (one file per run, written by",
-        "`poolft sweep`); do not edit by hand. Accuracy on the full evaluation split, mean ± sample std",
-        "over seeds; Δ is the difference of the mean to the stock Hugging Face head on the same backbone,",
-        "data and budget, trained by the same loop.",
-        "",
-    ]
+    lines = ["# Recipes: what each pooling head scores", "", INTRO, ""]
     groups = grouped(results)
     if not groups:
         lines.append("No results yet: run `poolft sweep` (see recipes/*/README lines in the YAML files).")
-    for task, track in sorted(groups, key=lambda k: (k[0], TRACK_ORDER.index(k[1]) if k[1] in TRACK_ORDER else 9)):
+    keys = ordered_groups(groups)
+    for index, (task, track) in enumerate(keys):
         runs_by_head = groups[(task, track)]
         lines += [f"## {task} — {track}", ""]
         searches = [r for r in search_runs or [] if (r["task"], r["track"]) == (task, track)]
         lines += budget_lines(runs_by_head) + [cost_line(runs_by_head, searches), ""]
-        lines += task_table(runs_by_head) + [""]
+        lines += track_section([r for runs in runs_by_head.values() for r in runs]) + [""]
         name = f"{task}-{track}.png"
         if plots_dir is not None:
             plot(runs_by_head, f"{task} ({track})", plots_dir / name)
         lines += [f"![{task} {track}: accuracy per head and learning curves]({plots_link}/{name})", ""]
+        if index + 1 == len(keys) or keys[index + 1][0] != task:  # the task's last track
+            lines += ranking_lines(task, groups)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def headline(results: list[dict[str, Any]]) -> str:
-    """The tables alone, for the project README."""
+    """The tables (and best-head lines) alone, for the project README: the same as in the recipes README."""
     groups = grouped(results)
     lines = []
-    for task, track in sorted(groups):
-        lines += [f"**{task} — {track}**", ""] + task_table(groups[(task, track)]) + [""]
+    for task, track in ordered_groups(groups):
+        records = [r for runs in groups[(task, track)].values() for r in runs]
+        lines += [f"**{task} — {track}**", ""] + track_section(records) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -20,24 +20,47 @@ from ..config import RunConfig, config_from_dict, load_config
 from ..errors import PoolftError
 from ..pooling import available_poolers
 from ..training.feature_cache import weights_digest
+from ..training.loop import PREDICTIONS_FILE
 from ..training.run_folder import write_json
+from .significance import encode_predictions
 
 STOCK = "stock"
 
 
 # settings added after results were recorded, with the value that behaves as before they existed:
 # left out of the identity at that value, so the recorded runs keep their hashes
-ADDED_SETTINGS = {("train", "fast_kernels"): False}
+ADDED_SETTINGS = {
+    ("train", "fast_kernels"): False,
+    ("train", "head_warmup_epochs"): 0.0,
+    ("model", "head_from"): None,
+    ("model", "gradient_checkpointing"): False,
+    ("model", "lora"): None,
+    ("train", "merge_lora_at_end"): False,
+    ("train", "layer_decay"): None,
+    ("train", "ema_decay"): None,
+    ("train", "early_stopping_patience"): None,
+    ("train", "label_smoothing"): 0.0,
+    ("data", "label_columns"): None,
+}
 # defaults changed after results were recorded: (new default, the value it is hashed as). An unset
 # data.text_column is chosen from the data; the recorded runs had "sentence" there (the old
 # default), which images ignore and which the SST-2 data's own choice is
 CHANGED_DEFAULTS = {("data", "text_column"): (None, "sentence")}
 
 
-def run_hash(config: RunConfig) -> str:
+def run_hash(config: RunConfig, precision: str | None = None) -> str:
     """Identity of a run: every setting except where it writes, how it reports progress and how long
-    it waits for other processes."""
+    it waits for other processes, with ``mixed_precision`` resolved on this machine.
+
+    ``auto`` is bf16 on an AMX CPU and fp32 elsewhere, and a bf16 run's numbers depend on the CPU's
+    matrix features: so the identity holds the resolved precision and, for 16-bit, those features
+    (``precision_identity``). Full precision is hashed as ``auto``, the value the runs recorded
+    before this rule held (their ``auto`` resolved to fp32), so their identities stand.
+    ``precision`` gives the precision identity of another machine (a record's), else this one's.
+    """
     values = config.to_dict()
+    precision = precision or this_machine_precision(config)
+    values["train"]["mixed_precision"] = "auto" if precision == "no" else precision
     run_keys = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress")
     for key in (*run_keys, "distributed_timeout_seconds"):
         values["train"].pop(key, None)
@@ -50,6 +73,21 @@ def run_hash(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: heads named for a pooler with options: the 2-D local windows of the window head on a patch grid
+HEAD_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "window-sliding": ("window", {"grid": True, "mode": "sliding"}),
+}
+TRACKS = ("finetune", "finetune-lpft", "probe")
+
+
+def this_machine_precision(config: RunConfig) -> str:
+    """``precision_identity`` of ``config``'s ``mixed_precision`` resolved on this machine."""
+    from ..training.loop import resolve_mixed_precision
+    from ..training.run_info import precision_identity
+
+    return precision_identity(resolve_mixed_precision(config.train.mixed_precision))
+
+
 def head_config(base: RunConfig, head: str, track: str, backbone_is_text: bool) -> RunConfig:
     """The base config with ``head`` as pooler (``stock`` = the stock Hugging Face head)."""
     config = copy.deepcopy(base)
@@ -59,9 +97,16 @@ def head_config(base: RunConfig, head: str, track: str, backbone_is_text: bool) 
             config.model.pooler, config.model.pooler_options = "cls", {"dense": backbone_is_text}
         else:
             config.model.stock_head = True
+    elif head in HEAD_VARIANTS:
+        config.model.pooler, options = HEAD_VARIANTS[head]
+        config.model.pooler_options = {**config.model.pooler_options, **options}
     else:
         config.model.pooler = head
     return config
+
+
+def known_heads() -> list[str]:
+    return [STOCK, *available_poolers(), *HEAD_VARIANTS]
 
 
 def with_overrides(config: RunConfig, updates: dict[str, Any]) -> RunConfig:
@@ -108,8 +153,10 @@ class Sweep:
         results_dir: Path,
         runs_dir: Path,
         report: Any = print,
+        grid_extensions: int = 2,
     ) -> None:
         self.base, self.task, self.track = base, task, track
+        self.grid_extensions = grid_extensions
         self.heads, self.seeds, self.rates, self.rate_key, self.holdout = heads, seeds, rates, rate_key, holdout
         self.results = results_dir / task / track
         self.runs = runs_dir / task / track
@@ -133,24 +180,35 @@ class Sweep:
         if len(self.rates) <= 1:
             rate = self.rates[0] if self.rates else getattr(getattr(self.base, section), key)
             return rate, {}
-        search = {}
+        search: dict[str, float] = {}
         for rate in self.rates:
-            config = head_config(self.base, head, self.track, self.is_text)
-            config = with_overrides(
-                config, {self.rate_key: rate, "data.holdout_fraction": self.holdout, "train.seed": 0}
-            )
-            result = self.run_once(
-                config,
-                self.results / "rate-search" / f"{head}-rate{rate:g}.json",
-                self.runs / "rate-search" / f"{head}-rate{rate:g}",
-                head,
-                0,
-                {},
-            )
-            search[f"{rate:g}"] = json.loads(result.read_text())["final"]["accuracy"]
+            search[f"{rate:g}"] = self.held_out_accuracy(head, rate)
+        # a best rate at an end of the grid may not be the best: extend the grid past it
+        for _ in range(self.grid_extensions):
+            rates = sorted(float(r) for r in search)
+            best = max(search, key=lambda r: (search[r], -float(r)))
+            step = next_rate(rates, float(best))
+            if step is None:
+                break
+            self.report(f"poolft sweep: {head}: best rate {best} is at the end of the grid; trying {step:g}")
+            search[f"{step:g}"] = self.held_out_accuracy(head, step)
         best = max(search, key=lambda r: (search[r], -float(r)))
         self.report(f"poolft sweep: {head}: held-out accuracy by {self.rate_key} {search} -> {best}")
         return float(best), search
+
+    def held_out_accuracy(self, head: str, rate: float) -> float:
+        """Accuracy on the held-out share of the training split, trained at ``rate`` (seed 0)."""
+        config = head_config(self.base, head, self.track, self.is_text)
+        config = with_overrides(config, {self.rate_key: rate, "data.holdout_fraction": self.holdout, "train.seed": 0})
+        result = self.run_once(
+            config,
+            self.results / "rate-search" / f"{head}-rate{rate:g}.json",
+            self.runs / "rate-search" / f"{head}-rate{rate:g}",
+            head,
+            0,
+            {},
+        )
+        return json.loads(result.read_text())["final"]["accuracy"]
 
     def run_seed(self, head: str, seed: int, rate: float, search: dict[str, float]) -> Path:
         config = head_config(self.base, head, self.track, self.is_text)
@@ -178,15 +236,17 @@ class Sweep:
         config.train.output_dir = str(output_dir)
         config.train.progress = False
         identity = run_hash(config)
+        # seed runs keep their per-example predictions (the report's paired intervals need them)
+        seed_run = "rate-search" not in result.parts
         if result.is_file():
             record = json.loads(result.read_text())
-            if record.get("run_hash") == identity:
+            if record.get("run_hash") == identity and (record.get("predictions") or not seed_run):
                 if any(record.get(key) != value for key, value in extra.items()):
                     # same run, but the rate search around it grew (e.g. a wider grid): record that
                     write_json(result, {**record, **extra})
                 self.report(f"poolft sweep: skip {result} (already done)")
                 return result
-        if (output_dir / "config.yaml").is_file():
+        if (output_dir / "config.yaml").is_file() or (output_dir / "head_warmup").is_dir():
             config.train.resume_from_checkpoint = "latest"
             if (output_dir / "metrics.json").is_file():  # finished, but its result was not written
                 config.train.overwrite_output_dir = True
@@ -221,10 +281,29 @@ class Sweep:
             "hardware": metrics["hardware"],
             "software": metrics["software"],
             "curve": learning_curve(output_dir),
+            "precision_identity": this_machine_precision(config),
             "run_hash": identity,
         }
+        if "head_warmup" in metrics:
+            record["head_warmup"] = metrics["head_warmup"]
+        examples_file = output_dir / PREDICTIONS_FILE
+        if seed_run and examples_file.is_file():
+            examples = json.loads(examples_file.read_text(encoding="utf-8"))
+            record["predictions"] = encode_predictions(
+                examples["predictions"], examples["references"], examples["split"]
+            )
         write_json(result, record)
         return result
+
+
+def next_rate(rates: list[float], best: float) -> float | None:
+    """The rate one grid step beyond ``best`` when ``best`` is an end of the sorted grid ``rates``
+    (the step is the ratio of its neighbour); None when ``best`` is inside the grid."""
+    if len(rates) < 2 or rates[0] < best < rates[-1]:
+        return None
+    if best == rates[0]:
+        return float(f"{best * rates[0] / rates[1]:.3g}")
+    return float(f"{best * rates[-1] / rates[-2]:.3g}")
 
 
 def parse_list(text: str, kind: type) -> list:
@@ -232,6 +311,13 @@ def parse_list(text: str, kind: type) -> list:
         return [kind(item.strip()) for item in text.split(",") if item.strip()]
     except ValueError:
         raise PoolftError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+
+
+def track_of(config: RunConfig) -> str:
+    """``probe`` (cached frozen states), ``finetune-lpft`` (head warmup first) or ``finetune``."""
+    if config.train.feature_cache:
+        return "probe"
+    return "finetune-lpft" if config.train.head_warmup_epochs > 0 else "finetune"
 
 
 def run_sweep(
@@ -245,16 +331,20 @@ def run_sweep(
     runs_dir: str,
     holdout: float,
     overrides: list[str],
+    grid_extensions: int = 2,
 ) -> list[Path]:
     """The ``poolft sweep`` command."""
     base = load_config(config_path, overrides)
     head_names = parse_list(heads, str)
-    unknown = [h for h in head_names if h != STOCK and h not in available_poolers()]
+    unknown = [h for h in head_names if h not in known_heads()]
     if unknown:
-        raise PoolftError(f"unknown head(s) {', '.join(unknown)}; choose from {', '.join(available_poolers())}, stock")
-    track = track or ("probe" if base.train.feature_cache else "finetune")
-    if track == "probe" and not base.train.feature_cache:
-        raise PoolftError("--track probe needs train.feature_cache: true and train.freeze_backbone: true")
+        raise PoolftError(f"unknown head(s) {', '.join(unknown)}; choose from {', '.join(known_heads())}")
+    track = track or track_of(base)
+    if track != track_of(base):
+        raise PoolftError(
+            f"--track {track} does not match the config, which is a {track_of(base)} run; the probe track needs "
+            "train.feature_cache: true (and freeze_backbone), finetune-lpft needs train.head_warmup_epochs > 0"
+        )
     rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
     task = task or Path(config_path).parent.name
     sweep = Sweep(
@@ -268,5 +358,6 @@ def run_sweep(
         holdout,
         Path(results_dir),
         Path(runs_dir),
+        grid_extensions=grid_extensions,
     )
     return sweep.run()

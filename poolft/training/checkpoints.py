@@ -1,10 +1,11 @@
 """Crash-safe training checkpoints.
 
 A checkpoint is written by ``accelerator.save_state`` into ``checkpoints/.tmp-step-N``, completed
-with poolft's own pickle-free files (trainer state and RNG states as JSON) and a ``COMPLETE``
-manifest holding every file's size, then renamed to ``checkpoints/step-N``. "latest" is the
-newest checkpoint whose manifest matches the files on disk, so a crash mid-save or a damaged file
-never becomes "latest": resume falls back to the newest intact one and says why in one line.
+with poolft's own pickle-free files (trainer state and RNG states as JSON, the weight average of
+``train.ema_decay`` as safetensors) and a ``COMPLETE`` manifest holding every file's size, then
+renamed to ``checkpoints/step-N``. "latest" is the newest checkpoint whose manifest matches the
+files on disk, so a crash mid-save or a damaged file never becomes "latest": resume falls back to
+the newest intact one and says why in one line.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..errors import PoolftError
+from .averaging import ema_tensors, load_ema_tensors
 from .fault_injection import maybe_fail
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
+EMA_FILE = "ema.safetensors"  # the weight average of train.ema_decay (poolft/training/averaging.py)
 
 
 @dataclass
@@ -44,6 +48,11 @@ class TrainerState:
     best_metrics: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, float] = field(default_factory=dict)
     train_seconds: float = 0.0
+    # early stopping: evaluations in a row without a better metric_for_best (the last one counted at
+    # counted_evaluation_step: an epoch's end re-evaluates that step), and why the run stopped
+    evaluations_without_improvement: int = 0
+    counted_evaluation_step: int | None = None
+    stopped_early: dict[str, Any] | None = None
 
 
 def rng_state() -> dict[str, Any]:
@@ -138,8 +147,13 @@ def resolve_checkpoint(output_dir: str | Path, request: str, report: Any = print
     return None
 
 
-def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerState, total_limit: int) -> Path:
-    """Save model/optimizer/scheduler + trainer and RNG state atomically; keep ``total_limit``."""
+def save_checkpoint(
+    accelerator: Any, output_dir: str | Path, state: TrainerState, total_limit: int, *, ema: Any = None
+) -> Path:
+    """Save model/optimizer/scheduler + trainer and RNG state atomically; keep ``total_limit``.
+
+    ``ema`` (an ``AveragedModel``) is saved too, as ``ema.safetensors``.
+    """
     root = checkpoint_root(output_dir)
     final = root / f"step-{state.global_step}"
     temporary = root / f".tmp-step-{state.global_step}"
@@ -155,6 +169,8 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerStat
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+        if ema is not None:
+            save_file(ema_tensors(ema), temporary / EMA_FILE)
         write_manifest(temporary)
         if final.exists():
             shutil.rmtree(final)
@@ -165,8 +181,8 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, state: TrainerStat
     return final
 
 
-def load_checkpoint(accelerator: Any, folder: Path) -> TrainerState:
-    """Restore weights, optimiser, scheduler, RNG states; return the trainer state."""
+def load_checkpoint(accelerator: Any, folder: Path, *, ema: Any = None) -> TrainerState:
+    """Restore weights, optimiser, scheduler, RNG states (and ``ema``'s average); return the trainer state."""
     try:
         accelerator.load_state(str(folder))
     except pickle.UnpicklingError as error:  # accelerate loads optimiser files with weights_only=True
@@ -182,4 +198,11 @@ def load_checkpoint(accelerator: Any, folder: Path) -> TrainerState:
             "resume with the same number of processes it was saved with"
         )
     restore_rng_state(json.loads(rng_file.read_text(encoding="utf-8")))
+    if ema is not None:
+        if not (folder / EMA_FILE).is_file():
+            raise PoolftError(
+                f"checkpoint {folder} has no weight average (it was saved without train.ema_decay); "
+                "resume it without train.ema_decay, or start a new run"
+            )
+        load_ema_tensors(ema, load_file(folder / EMA_FILE, device=str(accelerator.device)), str(folder / EMA_FILE))
     return state

@@ -11,6 +11,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 
 from ..config import DataConfig, load_config
 from ..data.inputs import encode_split, example_lengths, make_collator
+from ..data.labels import MULTI_LABEL
 from ..data.sampling import FixedBatches, length_sorted_batches
 from ..data.sources import load_splits
 from ..errors import PoolftError
@@ -57,8 +58,15 @@ def evaluate_saved_model(
             f"labels {missing[:5]} of split {data.eval_split!r} are not among the model's labels "
             f"{list(model_labels)}; evaluate on data with the model's label set"
         )
+    check_label_kind(model_dir, model.config, splits.multi_label, data.eval_split)
     remap = [model_labels[name] for name in splits.label_names]
-    split = splits.eval.map(lambda b: {"labels": [remap[i] for i in b["labels"]]}, batched=True)
+    if splits.multi_label:  # multi-hot columns in the split's label order -> the model's
+        size = model.config.num_labels
+        split = splits.eval.map(
+            lambda b: {"labels": [multi_hot_in(row, remap, size) for row in b["labels"]]}, batched=True
+        )
+    else:
+        split = splits.eval.map(lambda b: {"labels": [remap[i] for i in b["labels"]]}, batched=True)
     encoded = encode_split(split, preprocessor, task, data, data.eval_split)
     lengths = example_lengths(encoded, task) or [0] * len(encoded)
     # each process evaluates its share of every batch (see ShardedBatches); each sample counts once
@@ -71,3 +79,22 @@ def evaluate_saved_model(
     seconds = time.perf_counter() - started
     metrics.update(seconds=seconds, samples_per_second=metrics["samples"] / seconds, split=data.eval_split)
     return metrics
+
+
+def check_label_kind(model_dir: str, config: Any, multi_label: bool, split: str) -> None:
+    """A multi-label model on single-label data, or the reverse, is a one-line error."""
+    model_multi_label = config.problem_type == MULTI_LABEL
+    if model_multi_label != multi_label:
+        kinds = ("multi-label", "one label per row") if model_multi_label else ("single-label", "lists of labels")
+        raise PoolftError(
+            f"model {model_dir} is a {kinds[0]} classifier but split {split!r} has {kinds[1]}; "
+            "evaluate it on data labelled like its training data"
+        )
+
+
+def multi_hot_in(row: list[float], positions: list[int], size: int) -> list[float]:
+    """A multi-hot ``row`` moved to ``size`` label positions (``positions[i]``: label i's index there)."""
+    vector = [0.0] * size
+    for value, position in zip(row, positions, strict=True):
+        vector[position] = value
+    return vector

@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ..data.labels import stack_labels
 from ..data.sampling import length_sorted_batches
 from ..errors import PoolftError
 from ..models.modeling import patch_grid
@@ -189,7 +190,8 @@ def build_cache(
     states, offsets, layout = compute_states(model, split, collator, task, lengths, batch_size, dtype, autocast_dtype)
     np.save(temporary / "states.npy", states)
     np.save(temporary / "offsets.npy", offsets)
-    np.save(temporary / "labels.npy", np.asarray(split["labels"], dtype=np.int64))
+    labels = np.asarray(split["labels"])  # ids (examples,), or multi-hot floats (examples, labels)
+    np.save(temporary / "labels.npy", labels.astype(np.int64 if labels.ndim == 1 else np.float32))
     meta = {
         "examples": len(split),
         "tokens": int(offsets[-1]),
@@ -207,7 +209,7 @@ def build_cache(
 
 
 class CachedStates(torch.utils.data.Dataset):
-    """Memory-mapped cached states: item ``i`` is ``{"states": (tokens_i, hidden), "labels": int}``."""
+    """Memory-mapped cached states: item ``i`` is ``{"states": (tokens_i, hidden), "labels": id or multi-hot}``."""
 
     def __init__(self, folder: Path, rows: list[int] | None = None) -> None:
         self.folder = folder
@@ -233,7 +235,9 @@ class CachedStates(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         start, end = self.starts[index], self.ends[index]
         # a copy: memory-mapped rows are read-only and torch wants writable arrays
-        return {"states": np.array(self.states[start:end], dtype=np.float32), "labels": int(self.labels[index])}
+        label = self.labels[index]
+        label = int(label) if label.ndim == 0 else label.astype(np.float32)
+        return {"states": np.array(self.states[start:end], dtype=np.float32), "labels": label}
 
 
 class CachedStatesCollator:
@@ -248,8 +252,7 @@ class CachedStatesCollator:
             n = len(example["states"])
             states[row, :n] = torch.from_numpy(example["states"])
             mask[row, :n] = 1
-        labels = torch.as_tensor([e["labels"] for e in examples])
-        return {"hidden_states": states, "attention_mask": mask, "labels": labels}
+        return {"hidden_states": states, "attention_mask": mask, "labels": stack_labels(examples)}
 
 
 class HeadOnCachedStates(nn.Module):

@@ -28,13 +28,13 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import broadcast_object_list, set_seed
-from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, config_to_yaml
 from ..data.images import processor_for_image_size, processor_size
 from ..data.inputs import encode_split, example_lengths, make_collator
+from ..data.labels import MULTI_LABEL
 from ..data.sampling import (
     BATCH_ROWS,
     ROW_WEIGHTS,
@@ -47,9 +47,12 @@ from ..data.sampling import (
 )
 from ..data.sources import HeldOutRows, load_splits
 from ..errors import PoolftError
-from ..metrics import classification_metrics
-from ..models import backbones
+from ..metrics import classification_metrics, multi_label_metrics
+from ..models import backbones, lora
 from ..models.model_card import model_card
+from ..models.modeling import PoolftPreTrainedModel, per_example_loss
+from ..models.saved_models import load_head
+from .averaging import averaged_weights, build_ema
 from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .clipping import clipped_optimizer_step
 from .cpu_dropout import use_cpu_dropout
@@ -67,6 +70,7 @@ from .run_folder import (
 from .run_info import bf16_supported, hardware, peak_memory_mb, software
 
 LOG_FILE = "log.jsonl"
+PREDICTIONS_FILE = "eval_predictions.json"  # label ids of the latest evaluation, in the split's row order
 
 
 @dataclass
@@ -86,6 +90,10 @@ class RunInputs:
     cached: bool = False
     # rate search: both splits are rows of one encoded training split (the probe caches it once)
     holdout: HeldOutRows | None = None
+    # the evaluation split's row index of each row in evaluation-loader order (per-example predictions)
+    eval_order: list[int] | None = None
+    # several labels per example: multi-hot ``labels``, sigmoid outputs, BCE loss
+    multi_label: bool = False
 
     @property
     def module_to_train(self) -> Any:
@@ -155,7 +163,7 @@ def shared_on_main(accelerator: Accelerator, function: Any) -> Any:
     return payload[0]
 
 
-def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
+def load_run_inputs(config: RunConfig, accelerator: Accelerator, head_from: str | None = None) -> RunInputs:
     """Data, preprocessor and model for ``config`` (main process tokenizes first, others reuse the cache)."""
     backbones.check_pooler(config.model)
     backbone = backbones.resolve_backbone(config.model.backbone)
@@ -163,12 +171,14 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
     with accelerator.main_process_first():
         splits = load_splits(config.data)
         config.data = splits.data  # text column(s) chosen from the data: config.yaml records them
+        check_metric_for_best(config.train.metric_for_best, splits.multi_label)
         backbones.check_modality(backbone, backbone_config, splits.task)
         preprocessor = backbones.load_preprocessor(backbone, splits.task, config.model)
         if splits.task == "image":
             # saved with the model, so predict/eval/pipeline resize and crop as training did
             preprocessor = processor_for_image_size(preprocessor, config.data.image_size)
             backbones.check_image_fits(backbone, backbone_config, processor_size(preprocessor))
+            backbones.fill_patch_grid(config.model, backbone_config, processor_size(preprocessor))
         if splits.task == "text":
             from ..data.text import check_max_length
 
@@ -184,7 +194,17 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
         else:
             train_set = encode_split(splits.train, preprocessor, splits.task, config.data, config.data.train_split)
             eval_set = encode_split(splits.eval, preprocessor, splits.task, config.data, config.data.eval_split)
-    model = backbones.build_model(backbone, splits.task, config.model, splits.label_names, config.data.image_size)
+    problem_type = MULTI_LABEL if splits.multi_label else None
+    model = backbones.build_model(
+        backbone, splits.task, config.model, splits.label_names, config.data.image_size, problem_type=problem_type
+    )
+    head_from = head_from or config.model.head_from
+    if head_from is not None:  # LP-FT: the head starts where a probe run left it
+        load_head(model, head_from, splits.label_names)
+    if config.model.gradient_checkpointing:
+        backbones.use_gradient_checkpointing(model)
+    if config.model.lora is not None:  # last: the head (and head_from's weights) go into modules_to_save as they are
+        model = lora.apply_lora(model, config.model.lora, backbone, config.model.revision)
     return RunInputs(
         model,
         preprocessor,
@@ -195,7 +215,38 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator) -> RunInputs:
         backbone,
         splits.description,
         holdout=holdout,
+        multi_label=splits.multi_label,
     )
+
+
+#: ``train.metric_for_best`` values that only multi-label evaluation reports
+MULTI_LABEL_METRICS = ("micro_f1", "exact_match")
+
+
+def check_metric_for_best(metric: str, multi_label: bool) -> None:
+    """A multi-label metric asked for on single-label data is a one-line error."""
+    if metric in MULTI_LABEL_METRICS and not multi_label:
+        raise PoolftError(
+            f"train.metric_for_best={metric} is a multi-label metric but the data has one label per row; "
+            "use accuracy, macro_f1 or loss"
+        )
+
+
+def takes_label_smoothing(model: Any, label_smoothing: float) -> bool:
+    """Give a poolft model ``label_smoothing``; whether the model's own loss is then the training loss.
+
+    False for a stock head with smoothing: its forward computes the plain loss, so the loop leaves
+    its labels out and ``share_loss`` computes the smoothed loss from the logits.
+    """
+    if isinstance(model, PoolftPreTrainedModel):
+        model.label_smoothing = label_smoothing  # an attribute, not config: the saved model is unchanged
+        return True
+    return label_smoothing == 0
+
+
+def without_labels(batch: dict[str, Any]) -> dict[str, Any]:
+    """The model inputs of ``batch``: a model given no labels computes no loss."""
+    return {key: value for key, value in batch.items() if key != "labels"}
 
 
 def run_lengths(inputs: RunInputs) -> tuple[list[int] | None, list[int] | None]:
@@ -302,25 +353,42 @@ def make_loaders(
 
 
 def share_loss(
-    outputs: Any, batch: dict[str, Any], weights: torch.Tensor, batch_rows: int, num_processes: int
+    outputs: Any,
+    batch: dict[str, Any],
+    weights: torch.Tensor,
+    batch_rows: int,
+    num_processes: int,
+    *,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """This process's loss: DDP's average of its gradients is the mean-loss gradient of the global batch.
 
     ``weights`` ``(share,)`` marks real rows (1) and fillers (0); ``batch_rows`` counts the real rows
     of the global batch. A whole global batch keeps the model's own loss (so one process is
-    unchanged); otherwise the per-row cross-entropy (what transformers computes for single-label
-    classification, poolft's only task) of the real rows, summed, times ``num_processes / batch_rows``.
+    unchanged); otherwise, or when the model computed none (a stock head with label smoothing), the
+    per-row loss of the real rows (``per_example_loss``: the cross-entropy transformers computes for
+    single-label classification, BCE averaged over the labels for multi-hot labels, both smoothed by
+    ``label_smoothing``), summed, times ``num_processes / batch_rows``: for a whole batch, their mean.
     """
-    if batch_rows == weights.numel() * num_processes:
+    if batch_rows == weights.numel() * num_processes and outputs.loss is not None:
         return outputs.loss
-    logits = outputs.logits.float()
-    per_row = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch["labels"].view(-1), reduction="none")
+    per_row = per_example_loss(outputs.logits, batch["labels"], label_smoothing=label_smoothing)
     # where, not a product: a filler copy's NaN must not leak into the sum
     return torch.where(weights > 0, per_row, 0.0).sum() * (num_processes / batch_rows)
 
 
-def evaluate_model(model: Any, loader: DataLoader, accelerator: Accelerator) -> dict[str, float]:
-    """Accuracy, macro-F1 and loss over the whole loader; each sample counted once across processes."""
+def evaluate_model(
+    model: Any, loader: DataLoader, accelerator: Accelerator, *, order: list[int] | None = None
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 and loss over the whole loader; each sample counted once across processes.
+
+    Multi-hot labels (multi-label data) are predicted where ``sigmoid(logits) > 0.5`` and scored with
+    micro-F1, macro-F1 and exact match (also as ``accuracy``, the subset accuracy); the loss is the
+    plain cross-entropy or BCE (no label smoothing), so runs compare on it. ``order`` lists the
+    split's row index of each real row in loader order (the evaluation batches, concatenated); given
+    it, ``predictions`` and ``references`` (label ids, or 0/1 rows for multi-label, in the split's row
+    order) are added, for paired comparisons between runs on the same split.
+    """
     modes = {module: module.training for module in model.modules()}
     model.eval()
     predictions, references, losses = [], [], []
@@ -328,10 +396,12 @@ def evaluate_model(model: Any, loader: DataLoader, accelerator: Accelerator) -> 
         for batch in loader:
             weights = batch.pop(ROW_WEIGHTS)
             batch.pop(BATCH_ROWS)
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            loss = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+            logits, labels = model(**without_labels(batch)).logits.float(), batch["labels"]
+            loss = per_example_loss(logits, labels)
+            multi_label = labels.is_floating_point()
+            predicted = (logits.sigmoid() > 0.5).long() if multi_label else logits.argmax(dim=-1)
             # every share has the same size: gather all of them, then keep the real rows only
-            gathered = accelerator.gather((logits.argmax(dim=-1), batch["labels"], loss, weights))
+            gathered = accelerator.gather((predicted, labels.long(), loss, weights))
             real = gathered[3] > 0
             predictions.append(gathered[0][real].cpu())
             references.append(gathered[1][real].cpu())
@@ -339,9 +409,19 @@ def evaluate_model(model: Any, loader: DataLoader, accelerator: Accelerator) -> 
     for module, training in modes.items():  # back to the caller's modes (a frozen encoder stays in eval)
         module.training = training
     predictions_all, references_all = torch.cat(predictions), torch.cat(references)
-    metrics = classification_metrics(predictions_all.tolist(), references_all.tolist())
+    if references_all.dim() == 2:
+        metrics = multi_label_metrics(predictions_all.tolist(), references_all.tolist())
+    else:
+        metrics = classification_metrics(predictions_all.tolist(), references_all.tolist())
     metrics["loss"] = float(torch.cat(losses).mean())
-    metrics["samples"] = int(references_all.numel())
+    metrics["samples"] = len(references_all)
+    if order is not None:
+        if len(order) != len(references_all):
+            raise ValueError(f"order has {len(order)} rows but the loader gave {len(references_all)}")
+        by_row = torch.empty_like(predictions_all), torch.empty_like(references_all)
+        index = torch.tensor(order, dtype=torch.long)
+        by_row[0][index], by_row[1][index] = predictions_all, references_all
+        metrics["predictions"], metrics["references"] = by_row[0].tolist(), by_row[1].tolist()
     return metrics
 
 
@@ -380,21 +460,31 @@ def train(config: RunConfig) -> dict[str, Any]:
     """Run one training job; returns the metrics written to ``metrics.json``."""
     threads = torch.get_num_threads()
     try:
+        if config.train.head_warmup_epochs > 0:
+            from .lpft import train_lpft
+
+            return train_lpft(config)
         return run_training(config)
     finally:
         torch.set_num_threads(threads)  # train.torch_threads is this run's setting, not the process's
 
 
-def run_training(config: RunConfig) -> dict[str, Any]:
+def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[str, Any]:
+    """One run; ``warmed_head`` (LP-FT's second stage) is the folder of the head trained first, inside
+    ``output_dir``, which ``train_lpft`` has already checked and which an overwrite keeps."""
     started = time.perf_counter()
     accelerator = build_accelerator(config)
     if config.train.output_dir is None:
         config.train.output_dir = shared_on_main(accelerator, lambda: default_output_dir(config))
-    output_dir = Path(shared_on_main(accelerator, lambda: str(prepare_output_dir(config, clear=False))))
+    if warmed_head is None:
+        output_dir = Path(shared_on_main(accelerator, lambda: str(prepare_output_dir(config, clear=False))))
+    else:
+        output_dir = Path(config.train.output_dir)
     set_seed(config.train.seed)
-    inputs = load_run_inputs(config, accelerator)
+    inputs = load_run_inputs(config, accelerator, head_from=warmed_head)
     if config.train.overwrite_output_dir:  # only now: a mistake found while loading loses no earlier run
-        shared_on_main(accelerator, lambda: clear_output_dir(output_dir))
+        keep = (Path(warmed_head).name,) if warmed_head is not None else ()
+        shared_on_main(accelerator, lambda: clear_output_dir(output_dir, keep=keep))
     if accelerator.is_main_process:
         write_atomically(output_dir / CONFIG_FILE, config_to_yaml(config))
     if config.train.freeze_backbone:
@@ -405,8 +495,10 @@ def run_training(config: RunConfig) -> dict[str, Any]:
         use_feature_cache(config, inputs, accelerator)  # the backbone pass uses every core
     if config.train.torch_threads:
         torch.set_num_threads(config.train.torch_threads)
+    own_loss = takes_label_smoothing(inputs.model, config.train.label_smoothing)
     model = inputs.module_to_train
     train_loader, eval_loader, train_sampler = make_loaders(config, inputs, accelerator.num_processes)
+    inputs.eval_order = [row for batch in eval_loader.batch_sampler.batches for row in batch]
     steps_per_epoch = math.ceil(len(train_loader) / config.train.gradient_accumulation_steps)
     total_steps = config.train.max_steps or math.ceil(config.train.epochs * steps_per_epoch)
     optimizer = build_optimizer(model, config.train)
@@ -417,9 +509,10 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     if config.train.trackers:
         accelerator.init_trackers("poolft", config=flat_config(config))
 
+    ema = build_ema(accelerator_free(model), config.train.ema_decay) if config.train.ema_decay else None
     state = TrainerState()
     if config.train.resume_from_checkpoint:
-        state = resume(accelerator, output_dir, config.train.resume_from_checkpoint) or state
+        state = resume(accelerator, output_dir, config.train.resume_from_checkpoint, ema) or state
         accelerator.step = state.accumulate_calls
 
     log = StepLog(output_dir / LOG_FILE, accelerator)
@@ -432,7 +525,7 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     )
     set_train_mode(model, config)
     window_start, window_samples, window_loss, window_batches = time.perf_counter(), 0, 0.0, 0
-    while state.global_step < total_steps:
+    while state.global_step < total_steps and not state.stopped_early:
         # Accelerate's loader passes its own iteration count to the sampler: align it with the
         # real epoch, or a resumed run would replay epoch 0's order
         train_loader.set_epoch(state.epoch)
@@ -444,7 +537,15 @@ def run_training(config: RunConfig) -> dict[str, Any]:
         for batch in loader:
             weights, batch_rows = batch.pop(ROW_WEIGHTS), batch.pop(BATCH_ROWS)
             with accelerator.accumulate(model):
-                loss = share_loss(model(**batch), batch, weights, batch_rows, accelerator.num_processes)
+                outputs = model(**batch) if own_loss else model(**without_labels(batch))
+                loss = share_loss(
+                    outputs,
+                    batch,
+                    weights,
+                    batch_rows,
+                    accelerator.num_processes,
+                    label_smoothing=config.train.label_smoothing,
+                )
                 mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
                 finite = bool(torch.isfinite(mean_loss))
                 if finite:
@@ -471,6 +572,8 @@ def run_training(config: RunConfig) -> dict[str, Any]:
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
+            if ema is not None:
+                ema.update_parameters(accelerator_free(model))
             now = time.perf_counter()
             state.train_seconds += now - step_started
             record = {
@@ -492,34 +595,37 @@ def run_training(config: RunConfig) -> dict[str, Any]:
             window_start, window_samples, window_loss, window_batches = now, 0, 0.0, 0
             every = config.train.eval_every_steps
             if every and state.global_step % every == 0:
-                run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log)
+                run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log, ema)
             save_every = config.train.save_every_steps
             if save_every and state.global_step % save_every == 0 and state.global_step < total_steps:
-                save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
-            if state.global_step >= total_steps:
+                save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit, ema=ema)
+            if state.global_step >= total_steps or state.stopped_early:
                 break
             step_started = time.perf_counter()
         else:  # the epoch ran out
             state.epoch += 1
             state.batches_in_epoch = 0
             if config.train.eval_every_epoch:
-                run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log)
-            if state.global_step < total_steps:
-                save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
+                run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log, ema)
+            if state.global_step < total_steps and not state.stopped_early:
+                save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit, ema=ema)
             continue
         break
     progress.close()
 
     if state.last_metrics.get("step") != state.global_step:
-        run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log)
+        run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log, ema)
     if config.train.save_at_end:
-        save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit)
+        save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit, ema=ema)
     metrics = run_summary(config, inputs, state, started, accelerator, len(train_loader))
     if accelerator.is_main_process:
         card = model_card(config, metrics, inputs.label_names, inputs.task)
-        save_model_atomically(
-            saveable(accelerator, model, inputs), inputs.preprocessor, output_dir, {"README.md": card}
-        )
+        with averaged_weights(ema, accelerator_free(model)):  # train.ema_decay: the average is the model
+            save_model_atomically(
+                saveable(accelerator, model, inputs), inputs.preprocessor, output_dir, {"README.md": card}
+            )
+        if config.train.merge_lora_at_end:  # a plain model beside the adapter, loadable without peft
+            lora.export_merged(output_dir, output_dir / lora.MERGED_DIR, replace=True)
         write_json(output_dir / "metrics.json", metrics)
     log.close()
     accelerator.wait_for_everyone()
@@ -531,19 +637,19 @@ def run_training(config: RunConfig) -> dict[str, Any]:
 
 
 def saveable(accelerator: Accelerator, model: Any, inputs: RunInputs) -> Any:
-    """The full Hugging Face model to save (on the probe track it holds the trained head)."""
-    return inputs.model if inputs.cached else accelerator.unwrap_model(model)
+    """The full Hugging Face model to save (on the probe track it holds the trained head; with LoRA, its adapter)."""
+    return lora.saveable(inputs.model if inputs.cached else accelerator.unwrap_model(model))
 
 
-def resume(accelerator: Accelerator, output_dir: Path, request: str) -> TrainerState | None:
-    """Load the requested checkpoint; ``latest`` with none saved yet starts from scratch."""
+def resume(accelerator: Accelerator, output_dir: Path, request: str, ema: Any = None) -> TrainerState | None:
+    """Load the requested checkpoint (and ``ema``'s average); ``latest`` with none saved yet starts from scratch."""
     report = accelerator.print
     folder = resolve_checkpoint(output_dir, request, report=report)
     if folder is None:
         report(f"poolft: no intact checkpoint in {output_dir}; starting from the beginning")
         return None
     report(f"poolft: resuming from {folder}")
-    return load_checkpoint(accelerator, folder)
+    return load_checkpoint(accelerator, folder, ema=ema)
 
 
 def handle_nonfinite(config: RunConfig, state: TrainerState, output_dir: Path) -> None:
@@ -567,9 +673,19 @@ def run_evaluation(
     state: TrainerState,
     output_dir: Path,
     log: StepLog,
+    ema: Any = None,
 ) -> None:
-    """Evaluate, log, and keep the best model (by ``train.metric_for_best``) in ``output_dir/best``."""
-    metrics = evaluate_model(model, eval_loader, accelerator)
+    """Evaluate, log, and keep the best model (by ``train.metric_for_best``) in ``output_dir/best``.
+
+    With ``ema`` (``train.ema_decay``) the averaged weights are evaluated and kept; with
+    ``train.early_stopping_patience`` the run is marked to stop (``state.stopped_early``).
+    """
+    with averaged_weights(ema, accelerator_free(model)):
+        metrics = evaluate_model(model, eval_loader, accelerator, order=inputs.eval_order)
+    examples = {"split": config.data.eval_split, "step": state.global_step}
+    examples.update((key, metrics.pop(key)) for key in ("predictions", "references") if key in metrics)
+    if accelerator.is_main_process and "predictions" in examples:  # the latest evaluation's, per example
+        write_atomically(output_dir / PREDICTIONS_FILE, json.dumps(examples) + "\n")
     maybe_fail("eval", state.global_step)
     metrics["step"] = state.global_step
     state.last_metrics = metrics
@@ -579,11 +695,48 @@ def run_evaluation(
         f"macro_f1 {metrics['macro_f1']:.4f} loss {metrics['loss']:.4f} ({metrics['samples']} samples)"
     )
     key = config.train.metric_for_best
-    if is_better(key, metrics[key], state.best_metric):
+    improved = is_better(key, metrics[key], state.best_metric)
+    if improved:
         state.best_metric, state.best_step, state.best_metrics = metrics[key], state.global_step, metrics
         if accelerator.is_main_process and config.train.save_best_model:
-            save_model_atomically(saveable(accelerator, model, inputs), inputs.preprocessor, output_dir / "best", {})
+            with averaged_weights(ema, accelerator_free(model)):
+                save_model_atomically(
+                    saveable(accelerator, model, inputs), inputs.preprocessor, output_dir / "best", {}
+                )
+    check_early_stopping(config, accelerator, state, improved, log)
     accelerator.wait_for_everyone()
+
+
+def check_early_stopping(
+    config: RunConfig, accelerator: Accelerator, state: TrainerState, improved: bool, log: StepLog
+) -> None:
+    """Count evaluations without a better ``metric_for_best``; at ``early_stopping_patience`` of them, stop.
+
+    An evaluation of a step already counted (the epoch's end after an ``eval_every_steps`` one) is not
+    counted again. Every process computes the same gathered metrics, so all of them reach the same
+    decision at the same step and leave the loop together. The count is trainer state: a resumed
+    run continues it.
+    """
+    patience = config.train.early_stopping_patience
+    if patience is None or state.counted_evaluation_step == state.global_step:  # the same weights again
+        return
+    state.counted_evaluation_step = state.global_step
+    state.evaluations_without_improvement = 0 if improved else state.evaluations_without_improvement + 1
+    if state.evaluations_without_improvement < patience:
+        return
+    key = config.train.metric_for_best
+    state.stopped_early = {
+        "step": state.global_step,
+        "metric": key,
+        "patience": patience,
+        "best_metric": state.best_metric,
+        "best_step": state.best_step,
+    }
+    log.write({"step": state.global_step, "stopped_early": state.stopped_early})
+    accelerator.print(
+        f"poolft: stopping early at step {state.global_step}: {key} has not improved for {patience} "
+        f"evaluation(s) (best {state.best_metric:.4f} at step {state.best_step})"
+    )
 
 
 def run_summary(
@@ -605,6 +758,10 @@ def run_summary(
         "train_samples_per_second": state.samples_seen / state.train_seconds if state.train_seconds else None,
         "wall_seconds": time.perf_counter() - started,
         "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
+        # which weights were evaluated, kept in best/ and saved: the trained ones, or their average
+        "weights": "ema" if config.train.ema_decay else "trained",
+        "ema_decay": config.train.ema_decay,
+        "stopped_early": state.stopped_early,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
         "task": inputs.task,
@@ -622,8 +779,14 @@ def run_summary(
 
 
 def learning_rates(optimizer: Any) -> dict[str, float]:
-    """``{"lr": backbone rate, "head_lr": head rate}`` read from the named parameter groups."""
-    rates = {group["name"].split("-")[0]: group["lr"] for group in optimizer.param_groups}
+    """``{"lr": backbone rate, "head_lr": head rate}`` read from the named parameter groups.
+
+    With ``train.layer_decay`` the backbone has a rate per layer: ``lr`` is the highest (the top's).
+    """
+    rates: dict[str, float] = {}
+    for group in optimizer.param_groups:
+        kind = group["name"].split("-")[0]
+        rates[kind] = max(rates.get(kind, 0.0), group["lr"])
     return {"lr": rates.get("backbone", 0.0), "head_lr": rates.get("head", 0.0)}
 
 

@@ -95,9 +95,12 @@ def prepare_output_dir(config: RunConfig, *, clear: bool = True) -> Path:
     return folder
 
 
-def clear_output_dir(folder: Path) -> None:
-    """Delete everything in ``folder`` (a poolft run that ``--overwrite_output_dir true`` replaces)."""
+def clear_output_dir(folder: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete everything in ``folder`` (a poolft run that ``--overwrite_output_dir true`` replaces)
+    except the entries named in ``keep`` (LP-FT's head, trained into the folder by this same run)."""
     for child in folder.iterdir():
+        if child.name in keep:
+            continue
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 

@@ -34,7 +34,8 @@ import poolft
 from poolft import PoolftConfig, PoolftForImageClassification, PoolftForSequenceClassification
 from poolft.models.modeling import PoolftPreTrainedModel, load_encoder
 
-POOLERS = poolft.available_poolers()
+#: every head that pools any number of tokens (flatten reads one fixed grid: IMAGE_HEAD_SPECS)
+POOLERS = [name for name in poolft.available_poolers() if name != "flatten"]
 KINDS = ("text", "image")
 MODEL_CLASSES = {"text": PoolftForSequenceClassification, "image": PoolftForImageClassification}
 AUTO_CLASSES = {"text": AutoModelForSequenceClassification, "image": AutoModelForImageClassification}
@@ -54,6 +55,7 @@ HEAD_SPECS = [(name, {}) for name in POOLERS] + [
 ]
 #: image-only options (2-D windows over the patch grid)
 IMAGE_HEAD_SPECS = [
+    ("flatten", {"grid_size": [4, 4]}),  # the tiny ViT: 28 px, patch 7
     ("window", {"grid": True, "mode": "sliding", "window_size": 2, "stride": 1, "reduce_windows": "map"}),
 ]
 

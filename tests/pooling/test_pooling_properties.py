@@ -124,7 +124,8 @@ def readable(spec, mask, prefix):
 
 
 def test_every_registered_head_is_covered():
-    assert {name for name, _ in ALL_HEADS} == set(available_poolers())
+    # flatten reads every position of one fixed grid (no padding): pinned in test_flatten.py
+    assert {name for name, _ in ALL_HEADS} | {"flatten"} == set(available_poolers())
     assert available_poolers() == poolft.available_poolers()
 
 

@@ -63,6 +63,8 @@ def test_sweep_runs_grid_with_rate_search_then_skips_and_resumes(tmp_path, tiny_
         "0,1",
         "--rates",
         "1e-3,1e-2",
+        "--grid-extensions",
+        "0",
         "--results",
         str(results),
         "--runs",
@@ -97,7 +99,7 @@ def test_widened_rate_grid_reuses_finished_runs_and_records_the_new_search(tmp_p
 
     def sweep(rates):
         common = ["--poolers", "mean", "--seeds", "0", "--results", str(results), "--runs", str(runs)]
-        return main(["sweep", "--config", config, "--rates", rates, *common])
+        return main(["sweep", "--config", config, "--rates", rates, "--grid-extensions", "0", *common])
 
     calls = count_trainings(monkeypatch)
     assert sweep("1e-3,1e-2") == 0
@@ -244,6 +246,93 @@ def test_report_tables_from_fixture_files(tmp_path):
     assert again == text  # the same files give the same bytes
 
 
+def paired_fixture_records(examples: int = 2000) -> list[dict]:
+    """finetune records with per-example predictions where the answer is known: cls predicts exactly
+    as stock (70% right), mean is right wherever stock is and on 10% of the examples more, attention
+    is mean with two examples fewer right (within noise of it), max has no predictions (an old record)."""
+    import numpy as np
+
+    from poolft.recipes.significance import encode_predictions
+
+    rng = np.random.default_rng(0)
+    references = rng.integers(0, 2, examples)
+    order = rng.permutation(examples)
+    right = {"stock": order < 0.7 * examples, "mean": order < 0.8 * examples}
+    right["cls"] = right["stock"]
+    right["attention"] = right["mean"] & (order >= 2)
+    records = []
+    for head, correct in right.items():
+        predicted = np.where(correct, references, 1 - references)
+        for seed in range(3):
+            record = fixture_result("sst2", "finetune", head, seed, float(correct.mean()))
+            record["predictions"] = encode_predictions(predicted.tolist(), references.tolist(), "validation")
+            records.append(record)
+    records += [fixture_result("sst2", "finetune", "max", seed, 0.75) for seed in range(3)]
+    return records
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    rows = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    return {cells[0].strip(): [cell.strip() for cell in cells] for cells in rows}
+
+
+def test_report_shows_the_paired_bootstrap_interval_and_within_noise_mark():
+    import math
+
+    from poolft.recipes.report import headline, track_section
+
+    records = paired_fixture_records()
+    text = render(records, None)
+    rows = table_rows(text)
+    assert rows["head"][4:7] == ["Δ vs stock (points)", "95% CI (points)", "noise?"]
+    assert rows["stock"][4:7] == ["—", "—", "—"]
+    assert rows["cls"][4:7] == ["+0.00", "[+0.00, +0.00]", "within noise"]  # the same predictions
+    assert rows["max"][4:7] == ["+5.00", "—", "—"]  # no predictions: Δ of the means, no interval
+    assert rows["mean"][4] == "+10.00" and rows["mean"][6] == ""
+    low, high = (float(v) for v in rows["mean"][5].strip("[]").split(", "))
+    half_width = 100 * 1.96 * math.sqrt(0.1 * 0.9 / 2000)  # normal interval of the paired difference
+    assert low == pytest.approx(10 - half_width, abs=0.1) and high == pytest.approx(10 + half_width, abs=0.1)
+    assert "Best: **mean** (80.00%); ties not tested (per-example predictions are not recorded for every head)." in text
+    with_predictions = [r for r in records if r["head"] != "max"]
+    section = track_section(with_predictions)
+    assert section[-1] == "Best: **mean** (80.00%); within noise of it (95% CI of Δ contains 0): attention."
+    assert "\n".join(section) in render(with_predictions, None)  # the README block shows the same section
+    assert "\n".join(section) in headline(with_predictions)
+    assert render(records, None) == text  # the same records give the same bytes
+
+
+def test_report_without_predictions_shows_dashes_and_flags_edge_rates_and_cpu_flags():
+    records = [fixture_result("sst2", "finetune", head, 0, 0.8) for head in ("stock", "mean")]
+    records[1]["rate_search"] = {"0.01": 0.7, "0.001": 0.8, "0.0001": 0.6}  # 1e-3 inside its grid
+    for record in records:
+        record["hardware"]["cpu_flags"] = ["avx512f", "amx_bf16", "avx2"]
+    text = render(records, None)
+    rows = table_rows(text)
+    assert rows["mean"][4:8] == ["+0.00", "—", "—", "0.001"]
+    assert rows["stock"][7] == "0.001 (edge)"  # the largest rate of 1e-05, 0.0003, 0.001
+    assert "- Hardware: Test CPU (2 cores; flags amx_bf16 avx2 avx512f)" in text
+
+
+def test_report_compares_the_probe_ranking_with_fine_tuning():
+    accuracies = {"stock": 0.80, "cls": 0.70, "mean": 0.85, "max": 0.75}
+    records = [fixture_result("sst2", "probe", head, 0, value) for head, value in accuracies.items()]
+    tuned = {"stock": 0.90, "cls": 0.91, "mean": 0.95, "window": 0.5}  # max missing
+    records += [fixture_result("sst2", "finetune", head, 0, value) for head, value in tuned.items()]
+    records += [fixture_result("sst2", "finetune-lpft", head, 0, 0.9) for head in ("stock", "mean")]
+    text = render(records, None)
+    assert "## sst2 — how well the probe ranking predicts fine-tuning" in text
+    # stock, cls, mean: probe order cls < stock < mean, finetune stock < cls < mean -> (2 - 1) / 3
+    assert "- probe vs finetune: τ = 0.33 over 3 heads (stock, cls, mean)" in text
+    assert "probe vs finetune-lpft" not in text  # 2 common heads: too few
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert sections == [
+        "## sst2 — finetune",
+        "## sst2 — finetune-lpft",
+        "## sst2 — probe",
+        "## sst2 — how well the probe ranking predicts fine-tuning",
+    ]
+
+
 @pytest.mark.parametrize("track", ["finetune", "probe"])
 def test_committed_recipes_readme_matches_results(track):
     """recipes/README.md is exactly what `poolft report` makes of recipes/results."""
@@ -266,41 +355,74 @@ def test_run_hash_of_recorded_runs_survives_the_fast_kernels_setting() -> None:
     import hashlib
 
     from poolft.config import RunConfig
-    from poolft.recipes.sweep import run_hash
+    from poolft.recipes.sweep import ADDED_SETTINGS, run_hash
 
     # the identity a run had before train.fast_kernels existed: the same settings without that key
     config = RunConfig()
     config.train.fast_kernels = False
     values = config.to_dict()
-    for key in ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress", "fast_kernels"):
+    for key in ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress"):
         values["train"].pop(key)
+    for section, key in ADDED_SETTINGS:  # fast_kernels and every later setting, at its off value
+        values[section].pop(key)
     values["train"].pop("distributed_timeout_seconds", None)  # not part of a run's identity
     values["data"]["text_column"] = "sentence"  # the default then; unset now means "chosen from the data"
     before = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-    assert run_hash(config) == before
+    assert run_hash(config, "no") == before  # recorded in full precision, as every v1 run was
     config.train.fast_kernels = True  # a different training step: a different run
-    assert run_hash(config) != before
+    assert run_hash(config, "no") != before
 
 
-def test_every_recorded_result_is_recognised_as_done() -> None:
+def test_run_identity_holds_the_resolved_precision_and_the_cpu_matrix_features(monkeypatch) -> None:
+    """`auto` is bf16 on an AMX CPU: not the same run as the fp32 one recorded elsewhere."""
+    import poolft.training.loop as loop
+    import poolft.training.run_info as run_info
+    from poolft.config import RunConfig
+    from poolft.recipes.sweep import run_hash
+
+    config = RunConfig()
+    monkeypatch.setattr(run_info, "cpu_flags", lambda: {"avx2", "avx512f", "fma"})
+    monkeypatch.setattr(loop, "bf16_supported", lambda: False)
+    no_amx = run_hash(config)
+    assert no_amx == run_hash(config, "no")  # auto -> fp32 here: the full-precision identity
+    config.train.mixed_precision = "no"
+    assert run_hash(config) == no_amx  # pinned fp32 is the same run
+
+    monkeypatch.setattr(run_info, "cpu_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile", "fma"})
+    monkeypatch.setattr(loop, "bf16_supported", lambda: True)
+    assert run_hash(config) == no_amx  # still pinned to fp32: reproduces on the AMX machine
+    config.train.mixed_precision = "auto"
+    amx_auto = run_hash(config)
+    assert amx_auto != no_amx  # auto is bf16 here
+    assert run_info.precision_identity("bf16") == "bf16@cpu:amx_bf16+amx_tile+avx2+avx512f"
+    monkeypatch.setattr(run_info, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    config.train.mixed_precision = "bf16"
+    assert run_hash(config) not in (amx_auto, no_amx)  # bf16 without AMX rounds otherwise
+
+
+@pytest.mark.parametrize("record_root", ["recipes/archive/v1", "recipes"], ids=["v1-archive", "v2"])
+def test_every_recorded_result_is_recognised_as_done(record_root) -> None:
     """`poolft sweep` skips a run whose result file holds the run_hash of the config it would run.
 
     Rebuild each recorded run's config from its recipe as the sweep does (head, rate, seed; the
     rate search's held-out share) and compare with the hash written when it ran, so a changed
-    default (such as data.text_column, now chosen from the data) cannot silently re-run them.
+    default (such as data.text_column, now chosen from the data) cannot silently re-run them. The
+    precision identity is the record's (the machine it ran on), not this machine's.
     """
     from pathlib import Path
 
     from poolft.recipes.sweep import head_config, run_hash, with_overrides
 
     root = Path(__file__).resolve().parents[2]
+    recipes = root / record_root
     text_tasks = {"sst2": True, "fashion_mnist": False}  # task -> the backbone reads text
-    files = sorted((root / "recipes" / "results").rglob("*.json"))
-    assert len(files) >= 4 * 6 * 3  # 2 tasks x 2 tracks x 6 heads x 3 seeds, plus rate-search runs
+    files = sorted((recipes / "results").rglob("*.json"))
+    if record_root.endswith("v1"):
+        assert len(files) >= 4 * 6 * 3  # 2 tasks x 2 tracks x 6 heads x 3 seeds, plus rate-search runs
     for path in files:
         record = json.loads(path.read_text(encoding="utf-8"))
         task, track = record["task"], record["track"]
-        base = load_config(root / "recipes" / task / f"{track}.yaml")
+        base = load_config(recipes / task / f"{track}.yaml")
         rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
         config = head_config(base, record["head"], track, text_tasks[task])
         if path.parent.name == "rate-search":
@@ -311,8 +433,9 @@ def test_every_recorded_result_is_recognised_as_done() -> None:
         else:
             config = with_overrides(config, {rate_key: record["rate"], "train.seed": record["seed"]})
         config.train.output_dir, config.train.progress = "anywhere", False
-        assert run_hash(config) == record["run_hash"], path.relative_to(root)
-    image_recipe = load_config(root / "recipes" / "fashion_mnist" / "finetune.yaml")
+        precision = record.get("precision_identity") or {"no": "no"}[record["mixed_precision"]]
+        assert run_hash(config, precision) == record["run_hash"], path.relative_to(root)
+    image_recipe = load_config(recipes / "fashion_mnist" / "finetune.yaml")
     assert image_recipe.data.text_column is None  # the new default is what the image runs hash with
     image_recipe.data.text_column = "text"
-    assert run_hash(image_recipe) != run_hash(load_config(root / "recipes" / "fashion_mnist" / "finetune.yaml"))
+    assert run_hash(image_recipe) != run_hash(load_config(recipes / "fashion_mnist" / "finetune.yaml"))
