@@ -23,4 +23,14 @@ __all__ = [
     "__version__",
     "available_poolers",
     "build_pooler",
+    "explain",
 ]
+
+
+def __getattr__(name: str):
+    """``poolft.explain`` (``poolft.models.explain.explain``), imported on first use: it loads datasets and Pillow."""
+    if name == "explain":
+        from .models.explain import explain
+
+        return explain
+    raise AttributeError(f"module 'poolft' has no attribute {name!r}")

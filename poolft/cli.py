@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USER_ERROR
-        if extra and args.command not in ("train", "sweep"):
+        if extra and args.command not in ("train", "sweep", "compare"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return COMMANDS[args.command](args, extra)
     except PoolftError as error:
@@ -133,11 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image", nargs="+", default=[], help="image files to classify")
     predict.add_argument("--batch_size", type=positive_int, default=64)
     predict.add_argument("--json", action="store_true", help="print JSON lines")
+    explain = commands.add_parser(
+        "explain",
+        help="picture what a trained model's head reads of each token or patch",
+        description="Per input, the weight the pooling head gives each token (text) or patch (image), with the "
+        "prediction: a PNG per input (--out FILE.png for one input; FILE-0.png, FILE-1.png, ... for several) "
+        "and/or the numbers as JSON lines (--json).",
+    )
+    explain.add_argument("--model", required=True, help="folder written by poolft train")
+    explain.add_argument("texts", nargs="*", help="texts to explain")
+    explain.add_argument("--image", nargs="+", default=[], help="image files to explain")
+    explain.add_argument("--out", help="PNG to write (several inputs: FILE-0.png, FILE-1.png, ...)")
+    explain.add_argument("--json", action="store_true", help="print the numbers as JSON lines")
+    explain.add_argument(
+        "--per-query", dest="per_query", action="store_true", help="attention head: one panel per query"
+    )
     export = commands.add_parser(
         "export-merged", help="fold a LoRA run's adapter into a plain model folder that loads without peft"
     )
     export.add_argument("--model", required=True, help="output_dir of a poolft train run with model.lora")
     export.add_argument("--output", required=True, help="new folder for the merged model")
+    onnx = commands.add_parser(
+        "export", help="export a trained model, pooling head included, to ONNX (optionally int8) for ONNX Runtime"
+    )
+    onnx.add_argument("--model", required=True, help="folder written by poolft train (or a transformers classifier)")
+    onnx.add_argument("--format", dest="export_format", default="onnx", help="export format: onnx")
+    onnx.add_argument("--quantize", default=None, help="int8: ONNX Runtime dynamic quantization (int8 weights)")
+    onnx.add_argument("--output", required=True, help="new folder for the graph, preprocessor and onnx_config.json")
     commands.add_parser("poolers", help="list the pooling heads and their options")
     sweep = commands.add_parser(
         "sweep",
@@ -166,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--task", default=None, help="name in the results (default: the config's folder name)")
     sweep.add_argument("--results", default="recipes/results")
     sweep.add_argument("--runs", default="runs/sweeps", help="where the runs' output folders go")
+    compare = commands.add_parser(
+        "compare",
+        help="which head for your data: every head, 3 seeds, a rate search and 95% intervals (probe track)",
+        description="Runs every head that fits the backbone on your config (poolft train's YAML and overrides) and "
+        "prints accuracy per head with the 95% paired-bootstrap interval of its difference to the stock head, the "
+        "best head and the heads within noise of it. The probe track caches the backbone's states once. Extra "
+        "arguments are config overrides, as for poolft train; finished runs are skipped on a rerun.",
+    )
+    compare.add_argument("--config", help="YAML file with model/data/train sections (optional)")
+    compare.add_argument("--poolers", default=None, help="comma-separated heads (default: every head that fits)")
+    compare.add_argument("--seeds", default="0,1,2")
+    compare.add_argument("--rates", default=None, help="rates to search per head (default: a grid for the track)")
+    compare.add_argument("--track", choices=["probe", "finetune", "lpft"], default="probe")
+    compare.add_argument("--holdout", type=float, default=0.1, help="share of the training split for the rate search")
+    compare.add_argument("--grid-extensions", dest="grid_extensions", type=int, default=2)
+    compare.add_argument("--output", default="runs/compare", help="folder for the runs, results, table and plot")
     report = commands.add_parser("report", help="regenerate recipes/README.md from recipes/results/*.json")
     report.add_argument("--results", default="recipes/results")
     report.add_argument("--output", default="recipes/README.md")
@@ -291,6 +329,32 @@ def check_files_exist(paths: list[str]) -> None:
         raise PoolftError(f"image {missing[0]} does not exist; pass existing image files to --image")
 
 
+def run_explain(args: argparse.Namespace, _: list[str]) -> int:
+    from .models.explain import explain
+    from .models.explain_plot import check_out_path, pyplot, save_pictures
+
+    if not args.texts and not args.image:
+        raise PoolftError("nothing to explain; pass texts as arguments or --image FILE...")
+    if args.texts and args.image:
+        raise PoolftError("pass either texts or --image files, not both; run one poolft explain per kind")
+    if args.out is None and not args.json:
+        raise PoolftError("nothing to write; pass --out FILE.png for pictures and/or --json for the numbers")
+    if args.out is not None:  # before the (slower) model loading
+        check_out_path(args.out)
+        pyplot()
+    check_files_exist(args.image)
+    inputs = list(args.texts) if args.texts else list(args.image)
+    explanations = explain(args.model, inputs, images=bool(args.image), per_query=args.per_query)
+    if args.json:
+        for explanation in explanations:
+            print(json.dumps(explanation.to_dict()))
+    if args.out is not None:
+        paths = save_pictures(explanations, args.out)
+        # stdout stays pure JSON lines under --json
+        print(f"poolft explain: wrote {', '.join(map(str, paths))}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def run_poolers(args: argparse.Namespace, _: list[str]) -> int:
     from .pooling import POOLERS, pooler_option_defaults
 
@@ -321,6 +385,28 @@ def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .recipes.compare import run_compare as compare
+
+    if not 0 < args.holdout < 1:
+        raise PoolftError(f"--holdout {args.holdout} must be in (0, 1): the share of the training split held out")
+    text = compare(
+        args.config,
+        overrides,
+        args.poolers,
+        args.seeds,
+        args.rates,
+        args.track,
+        args.output,
+        args.holdout,
+        args.grid_extensions,
+    )
+    print(text, end="")
+    print(f"poolft compare: table and plot in {args.output}")
+    return 0
+
+
 def run_report(args: argparse.Namespace, _: list[str]) -> int:
     from pathlib import Path
 
@@ -339,14 +425,25 @@ def run_export_merged(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace, _: list[str]) -> int:
+    from .models.onnx_export import export_onnx
+
+    output = export_onnx(args.model, args.output, args.quantize, args.export_format)
+    print(f"poolft export: wrote {output} (poolft predict --model {output} runs it on ONNX Runtime)")
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "eval": run_eval,
     "predict": run_predict,
+    "explain": run_explain,
     "poolers": run_poolers,
     "sweep": run_sweep,
+    "compare": run_compare,
     "report": run_report,
     "export-merged": run_export_merged,
+    "export": run_export,
 }
 
 

@@ -15,6 +15,7 @@ from ..data.labels import MULTI_LABEL
 from ..data.text import TextCollator
 from ..errors import PoolftError
 from .backbones import max_positions
+from .onnx_model import is_onnx_export, load_onnx_classifier
 from .saved_models import load_saved_classifier
 
 #: ``model_max_length`` at or above this means "no limit" (transformers' sentinel is 1e30)
@@ -123,4 +124,7 @@ def open_image(path: str) -> Image.Image:
 
 
 def load_classifier(folder: str) -> Classifier:
+    """The classifier saved in ``folder``: a PyTorch model, or an ONNX export run on ONNX Runtime."""
+    if is_onnx_export(folder):
+        return Classifier(*load_onnx_classifier(folder))
     return Classifier(*load_saved_classifier(folder))

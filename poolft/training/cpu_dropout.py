@@ -48,6 +48,21 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return uniforms >= keep_level(p) - LEVELS // 2
 
 
+# torch.compile (train.compile) cannot trace the in-place ``random_``: as an opaque op the mask is
+# drawn by the eager code above inside the compiled graph, from the same generator in the same
+# order, so compiled and eager runs drop the same elements. The tag keeps the compiler from merging
+# two draws of one shape or recomputing a draw in the backward pass.
+@torch.library.custom_op("poolft::drop_mask", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def drop_mask_like(x: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`drop_mask` of ``x``'s shape on ``x``'s device, as one op ``torch.compile`` keeps whole."""
+    return drop_mask(x.shape, p, x.device)
+
+
+@drop_mask_like.register_fake
+def _drop_mask_like_shape(x: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device)
+
+
 class ScaleAndDrop(torch.autograd.Function):
     """``x * scale`` with the elements where ``drop`` is True set to 0; the bool ``drop`` is saved
     for backward (not a float mask)."""
@@ -75,7 +90,8 @@ def cpu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tenso
         return x
     if level == 0:
         return x * 0.0
-    return ScaleAndDrop.apply(x, drop_mask(x.shape, p, x.device), LEVELS / level)
+    drop = drop_mask_like(x, p) if torch.compiler.is_compiling() else drop_mask(x.shape, p, x.device)
+    return ScaleAndDrop.apply(x, drop, LEVELS / level)
 
 
 class CpuDropout(nn.Dropout):

@@ -145,8 +145,8 @@ def nan_loss_at(monkeypatch):
         real = poolft.models.modeling.classification_loss
         calls = {"training": 0}
 
-        def loss_with_nan(config, logits, labels):
-            loss = real(config, logits, labels)
+        def loss_with_nan(config, logits, labels, **options):
+            loss = real(config, logits, labels, **options)
             if loss is not None and torch.is_grad_enabled():  # training, not evaluation
                 calls["training"] += 1
                 if calls["training"] in steps:

@@ -1,0 +1,144 @@
+"""``poolft compare``: which head for *your* data, and how much it matters -- with intervals.
+
+The recipes answer the question on SST-2 and Fashion-MNIST; ``compare`` answers it on the user's
+own config (``poolft train``'s YAML and overrides, no recipe needed). By default it runs every
+head that fits the backbone on the probe track -- the backbone's states are computed once and
+cached, then each head trains on them -- with 3 seeds and a per-head rate search on a held-out
+share of the training split, exactly as ``poolft sweep`` does. It prints the table with 95%
+paired-bootstrap intervals of each head's difference to the stock head, marks what is within
+noise, names the best head and the heads tied with it, and writes a plot. ``--track finetune``
+or ``lpft`` fine-tunes the whole model instead (slower: every run passes the backbone).
+Finished runs are skipped, so an interrupted compare resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig, load_config
+from ..errors import PoolftError
+from ..pooling import available_poolers
+from .report import budget_lines, grouped, load_results, plot, track_section
+from .sweep import HEAD_VARIANTS, STOCK, Sweep, head_config, known_heads, parse_list
+
+TRACKS = {"probe": "probe", "finetune": "finetune", "lpft": "finetune-lpft"}
+#: the rates searched by default: the head's rate on cached states, the backbone's when fine-tuning
+DEFAULT_RATES = {"probe": "1e-3,3e-3,1e-2,3e-2", "finetune": "1e-5,3e-5,1e-4", "finetune-lpft": "1e-5,3e-5,1e-4"}
+TASK = "compare"
+
+
+def track_config(base: RunConfig, track: str) -> RunConfig:
+    """``base`` set up for ``track``: probe = frozen backbone with its states cached; finetune = the
+    whole model; finetune-lpft = the head first on cached states (1 epoch unless the config says)."""
+    config = copy.deepcopy(base)
+    probe = track == "probe"
+    config.train.freeze_backbone = config.train.feature_cache = probe
+    if track == "finetune-lpft":
+        config.train.head_warmup_epochs = config.train.head_warmup_epochs or 1.0
+    else:
+        config.train.head_warmup_epochs = 0.0
+    return config
+
+
+def head_problem(base: RunConfig, head: str, track: str, backbone: str, backbone_config: Any) -> str | None:
+    """Why ``head`` cannot run on this backbone (None when it can), from the checks a run makes."""
+    from ..models.backbones import check_pooler_fits, check_stock_head, modality_of
+
+    is_text = modality_of(backbone_config) == "text"
+    config = head_config(base, head, track, is_text)
+    try:
+        if config.model.stock_head:
+            check_stock_head(backbone, backbone_config, "text" if is_text else "image")
+        else:
+            check_pooler_fits(backbone, backbone_config, config.model.pooler, config.model.pooler_options)
+    except PoolftError as error:
+        return str(error)
+    if is_text and head in HEAD_VARIANTS and config.model.pooler_options.get("grid"):
+        return "2-D windows need a patch grid"
+    return None
+
+
+def choose_heads(
+    base: RunConfig, requested: str | None, track: str, backbone: str, backbone_config: Any
+) -> tuple[list[str], dict[str, str]]:
+    """The heads to run and the ones skipped with the reason. Asked-for heads that cannot run are an
+    error; by default every head is tried and the ones that do not fit the backbone are skipped."""
+    if requested:
+        heads = parse_list(requested, str)
+        unknown = [head for head in heads if head not in known_heads()]
+        if unknown:
+            raise PoolftError(f"unknown head(s) {', '.join(unknown)}; choose from {', '.join(known_heads())}")
+        for head in heads:
+            problem = head_problem(base, head, track, backbone, backbone_config)
+            if problem:
+                raise PoolftError(f"head {head} cannot run here: {problem}")
+        return heads, {}
+    heads, skipped = [], {}
+    for head in [STOCK, *available_poolers(), *HEAD_VARIANTS]:
+        problem = head_problem(base, head, track, backbone, backbone_config)
+        if problem:
+            skipped[head] = problem
+        else:
+            heads.append(head)
+    return heads, skipped
+
+
+def run_compare(
+    config_path: str | None,
+    overrides: list[str],
+    poolers: str | None,
+    seeds: str,
+    rates: str | None,
+    track: str,
+    output: str,
+    holdout: float,
+    grid_extensions: int = 2,
+    report: Any = None,
+) -> str:
+    """The ``poolft compare`` command: run the grid, then return (and write) the table.
+
+    Progress goes to ``report`` (default: stderr), so stdout holds the table alone.
+    """
+    report = report or (lambda message: print(message, file=sys.stderr))
+    from ..models.backbones import load_backbone_config, resolve_backbone
+
+    if track not in TRACKS:
+        raise PoolftError(f"--track {track} is not one of {', '.join(TRACKS)}")
+    track = TRACKS[track]
+    base = track_config(load_config(config_path, overrides), track)
+    backbone = resolve_backbone(base.model.backbone)
+    heads, skipped = choose_heads(base, poolers, track, backbone, load_backbone_config(backbone, base.model))
+    for head, reason in skipped.items():
+        report(f"poolft compare: skip {head}: {reason}")
+    folder = Path(output)
+    rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
+    sweep = Sweep(
+        base,
+        TASK,
+        track,
+        heads,
+        parse_list(seeds, int),
+        parse_list(rates or DEFAULT_RATES[track], float),
+        rate_key,
+        holdout,
+        folder / "results",
+        folder / "runs",
+        report=report,
+        grid_extensions=grid_extensions,
+    )
+    sweep.run()
+    records = [r for r in load_results(folder / "results" / TASK / track) if r["head"] in heads]
+    runs_by_head = grouped(records)[(TASK, track)]
+    lines = [f"# poolft compare — {track}", ""]
+    lines += budget_lines(runs_by_head)
+    if skipped:
+        lines.append(f"- Skipped (they do not fit this backbone): {', '.join(skipped)}")
+    lines += ["", *track_section(records), ""]
+    plot(runs_by_head, f"poolft compare ({track})", folder / "compare.png")
+    lines.append("![accuracy per head and learning curves](compare.png)")
+    text = "\n".join(lines) + "\n"
+    (folder / "README.md").write_text(text, encoding="utf-8")
+    return text

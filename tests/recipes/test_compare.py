@@ -1,0 +1,123 @@
+"""``poolft compare``: every head on the user's own files, with intervals, best and tied heads."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from datasets_for_tests import write_sentiment_csv
+from PIL import Image
+
+import poolft.training.loop
+from poolft.cli import main
+from poolft.config import load_config
+from poolft.models.backbones import load_backbone_config
+from poolft.recipes.compare import choose_heads, track_config
+from poolft.recipes.significance import decode_predictions
+
+
+def test_compare_on_a_folder_of_user_files(tmp_path, tiny_bert_dir, capsys, monkeypatch):
+    files = write_sentiment_csv(tmp_path / "my-data", train_size=96, eval_size=32)
+    output = tmp_path / "compare"
+    arguments = [
+        "compare",
+        f"--model.backbone={tiny_bert_dir}",
+        f"--data.data_files={json.dumps(files)}",
+        "--data.max_length=32",
+        "--train.batch_size=16",
+        "--train.mixed_precision=no",
+        f"--train.feature_cache_dir={tmp_path / 'cache'}",
+        "--poolers",
+        "stock,mean,attention",
+        "--seeds",
+        "0,1",
+        "--rates",
+        "1e-2,1e-1",
+        "--grid-extensions",
+        "0",
+        "--output",
+        str(output),
+    ]
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    assert "| head |" in out and "95% CI" in out and "Best: **" in out
+    for head in ("stock", "mean", "attention"):
+        assert f"| {head} |" in out
+    table = (output / "README.md").read_text(encoding="utf-8")
+    assert out.endswith(f"{table}poolft compare: table and plot in {output}\n")  # the table comes last
+    assert (output / "compare.png").stat().st_size > 1000
+    # each seed run kept its per-example predictions, in the evaluation split's row order
+    record = json.loads((output / "results" / "compare" / "probe" / "mean-seed1.json").read_text())
+    predicted, references = decode_predictions(record["predictions"])
+    assert len(predicted) == len(references) == 32
+    with open(files["validation"], encoding="utf-8") as handle:
+        labels = [["neg", "pos"].index(row["label"]) for row in csv.DictReader(handle)]
+    assert references.tolist() == labels
+    assert np.mean(predicted == references) == record["final"]["accuracy"]
+    assert record["hyperparameters"]["train"]["feature_cache"] is True  # the probe track
+
+    calls = []
+    original = poolft.training.loop.train
+    monkeypatch.setattr(poolft.training.loop, "train", lambda config: calls.append(config) or original(config))
+    assert main(arguments) == 0  # a rerun skips every finished run and prints the same table
+    assert calls == []
+    assert capsys.readouterr().out == f"{table}poolft compare: table and plot in {output}\n"
+
+
+def test_default_heads_are_every_head_that_fits_the_backbone(tiny_bert_dir, tiny_vit_dir):
+    text = track_config(load_config(None, [f"--model.backbone={tiny_bert_dir}"]), "probe")
+    heads, skipped = choose_heads(
+        text, None, "probe", str(tiny_bert_dir), load_backbone_config(str(tiny_bert_dir), text.model)
+    )
+    assert {"stock", "cls", "mean", "max", "clsmean", "attention", "window", "meanmax", "gem"} <= set(heads)
+    assert set(skipped) == {"flatten", "window-sliding"}  # a patch grid: images only
+    image = track_config(load_config(None, [f"--model.backbone={tiny_vit_dir}"]), "probe")
+    heads, skipped = choose_heads(
+        image, None, "probe", str(tiny_vit_dir), load_backbone_config(str(tiny_vit_dir), image.model)
+    )
+    assert {"flatten", "window-sliding", "stock", "clsmean"} <= set(heads) and not skipped
+
+
+def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_libraries):
+    common = [f"--model.backbone={tiny_bert_dir}", "--output", str(tmp_path / "out")]
+    for extra, message in (
+        (["--poolers", "mean,flatten"], "head flatten cannot run here"),
+        (["--poolers", "mean,nope"], "unknown head(s) nope"),
+        (["--holdout", "1.5"], "--holdout 1.5 must be in (0, 1)"),
+    ):
+        assert main(["compare", *common, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_runs_image_heads_on_a_folder_of_images(tmp_path, tiny_vit_dir, capsys):
+    for split, count in (("train", 20), ("test", 8)):
+        for label, level in (("dark", 60), ("light", 190)):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count // 2):
+                pixels = np.clip(np.random.RandomState(i).randn(28, 28) * 25 + level, 0, 255).astype("uint8")
+                Image.fromarray(pixels, "L").convert("RGB").save(folder / f"{i}.png")
+    arguments = [
+        "compare",
+        f"--model.backbone={tiny_vit_dir}",
+        f"--data.path={tmp_path / 'images'}",
+        "--data.eval_split=test",
+        "--train.batch_size=8",
+        f"--train.feature_cache_dir={tmp_path / 'cache'}",
+        "--poolers",
+        "stock,flatten,window-sliding",
+        "--seeds",
+        "0",
+        "--rates",
+        "1e-2",
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    assert "| flatten |" in out and "| window-sliding |" in out
+    record = json.loads((tmp_path / "out" / "results" / "compare" / "probe" / "window-sliding-seed0.json").read_text())
+    assert record["pooler_options"]["mode"] == "sliding" and record["pooler_options"]["grid"] is True
