@@ -339,7 +339,7 @@ def render(
     lines = ["# Recipes: what each pooling head scores", "", INTRO, ""]
     groups = grouped(results)
     if not groups:
-        lines.append("No results yet: run `poolft sweep` (see recipes/*/README lines in the YAML files).")
+        lines.append("No results yet: run `poolft sweep` (the first lines of each recipe YAML give its command).")
     keys = ordered_groups(groups)
     for index, (task, track) in enumerate(keys):
         runs_by_head = groups[(task, track)]

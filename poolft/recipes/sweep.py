@@ -41,6 +41,8 @@ ADDED_SETTINGS = {
     ("train", "early_stopping_patience"): None,
     ("train", "label_smoothing"): 0.0,
     ("data", "label_columns"): None,
+    ("train", "compile"): False,
+    ("data", "pad_to_multiple_of"): None,
 }
 # defaults changed after results were recorded: (new default, the value it is hashed as). An unset
 # data.text_column is chosen from the data; the recorded runs had "sentence" there (the old
