@@ -19,6 +19,7 @@ import atexit
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -55,6 +56,15 @@ from ..models.saved_models import load_head
 from .averaging import averaged_weights, build_ema
 from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .clipping import clipped_optimizer_step
+from .compilation import (
+    CompileStats,
+    compile_in_place,
+    compile_limits,
+    eager_forward,
+    graph_budget,
+    padding_multiple,
+    settle_problem_type,
+)
 from .cpu_dropout import use_cpu_dropout
 from .fault_injection import maybe_fail
 from .feature_cache import CachedStatesCollator, HeadOnCachedStates, cached_loader_inputs
@@ -258,10 +268,14 @@ def run_lengths(inputs: RunInputs) -> tuple[list[int] | None, list[int] | None]:
     return example_lengths(inputs.train_set, inputs.task), example_lengths(inputs.eval_set, inputs.task)
 
 
-def run_collator(inputs: RunInputs, *, augment: bool) -> Any:
+def run_collator(
+    inputs: RunInputs, *, augment: bool, pad_to_multiple_of: int | None = None, max_length: int | None = None
+) -> Any:
     if inputs.cached:
         return CachedStatesCollator()
-    return make_collator(inputs.preprocessor, inputs.task, augment=augment)
+    return make_collator(
+        inputs.preprocessor, inputs.task, augment=augment, pad_to_multiple_of=pad_to_multiple_of, max_length=max_length
+    )
 
 
 def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Accelerator) -> None:
@@ -345,9 +359,16 @@ def make_loaders(
     eval_lengths = eval_lengths or [0] * len(inputs.eval_set)
     eval_batches = FixedBatches(length_sorted_batches(eval_lengths, config.train.eval_batch_size))
     common = {"num_workers": config.data.num_workers, "seed": config.train.seed}
-    train_collator = run_collator(inputs, augment=config.data.augment)
+    # train.compile: training batches take a few padded lengths, one compiled graph each
+    multiple = padding_multiple(config.data.pad_to_multiple_of, config.train.compile)
+    max_length = config.data.max_length
+    train_collator = run_collator(
+        inputs, augment=config.data.augment, pad_to_multiple_of=multiple, max_length=max_length
+    )
     train_loader = sharded_loader(inputs.train_set, train_sampler, train_collator, num_processes, **common)
-    eval_collator = run_collator(inputs, augment=False)
+    eval_collator = run_collator(
+        inputs, augment=False, pad_to_multiple_of=config.data.pad_to_multiple_of, max_length=max_length
+    )
     eval_loader = sharded_loader(inputs.eval_set, eval_batches, eval_collator, num_processes, **common)
     return train_loader, eval_loader, train_sampler
 
@@ -459,12 +480,15 @@ class StepLog:
 def train(config: RunConfig) -> dict[str, Any]:
     """Run one training job; returns the metrics written to ``metrics.json``."""
     threads = torch.get_num_threads()
+    multiple = padding_multiple(config.data.pad_to_multiple_of, config.train.compile)
+    limits = compile_limits(graph_budget(config.data.max_length, multiple)) if config.train.compile else nullcontext()
     try:
-        if config.train.head_warmup_epochs > 0:
-            from .lpft import train_lpft
+        with limits:
+            if config.train.head_warmup_epochs > 0:
+                from .lpft import train_lpft
 
-            return train_lpft(config)
-        return run_training(config)
+                return train_lpft(config)
+            return run_training(config)
     finally:
         torch.set_num_threads(threads)  # train.torch_threads is this run's setting, not the process's
 
@@ -510,6 +534,11 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         accelerator.init_trackers("poolft", config=flat_config(config))
 
     ema = build_ema(accelerator_free(model), config.train.ema_decay) if config.train.ema_decay else None
+    compile_stats = None
+    if config.train.compile:  # after build_ema copies the module: the average is never called
+        settle_problem_type(inputs.model.config, inputs.multi_label)
+        compile_in_place(accelerator_free(model))
+        compile_stats = CompileStats()
     state = TrainerState()
     if config.train.resume_from_checkpoint:
         state = resume(accelerator, output_dir, config.train.resume_from_checkpoint, ema) or state
@@ -536,6 +565,7 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         step_started = time.perf_counter()
         for batch in loader:
             weights, batch_rows = batch.pop(ROW_WEIGHTS), batch.pop(BATCH_ROWS)
+            batch_started, graphs_before = time.perf_counter(), CompileStats.compiled_graphs()
             with accelerator.accumulate(model):
                 outputs = model(**batch) if own_loss else model(**without_labels(batch))
                 loss = share_loss(
@@ -561,6 +591,8 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
                         optimizer.step()
                     scheduler.step()
                 optimizer.zero_grad()
+            if compile_stats is not None:
+                compile_stats.count_step(graphs_before, batch_started, batch_rows)
             if not finite:
                 handle_nonfinite(config, state, output_dir)
             state.batches_in_epoch += 1
@@ -617,7 +649,7 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         run_evaluation(config, accelerator, model, eval_loader, inputs, state, output_dir, log, ema)
     if config.train.save_at_end:
         save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit, ema=ema)
-    metrics = run_summary(config, inputs, state, started, accelerator, len(train_loader))
+    metrics = run_summary(config, inputs, state, started, accelerator, len(train_loader), compile_stats)
     if accelerator.is_main_process:
         card = model_card(config, metrics, inputs.label_names, inputs.task)
         with averaged_weights(ema, accelerator_free(model)):  # train.ema_decay: the average is the model
@@ -680,7 +712,7 @@ def run_evaluation(
     With ``ema`` (``train.ema_decay``) the averaged weights are evaluated and kept; with
     ``train.early_stopping_patience`` the run is marked to stop (``state.stopped_early``).
     """
-    with averaged_weights(ema, accelerator_free(model)):
+    with averaged_weights(ema, accelerator_free(model)), eager_forward(config.train.compile):
         metrics = evaluate_model(model, eval_loader, accelerator, order=inputs.eval_order)
     examples = {"split": config.data.eval_split, "step": state.global_step}
     examples.update((key, metrics.pop(key)) for key in ("predictions", "references") if key in metrics)
@@ -746,6 +778,7 @@ def run_summary(
     started: float,
     accelerator: Accelerator,
     batches_per_epoch: int,
+    compile_stats: CompileStats | None = None,
 ) -> dict[str, Any]:
     """The content of ``metrics.json``."""
     return {
@@ -760,6 +793,8 @@ def run_summary(
         "skipped_nonfinite_steps": state.skipped_nonfinite_steps,
         # which weights were evaluated, kept in best/ and saved: the trained ones, or their average
         "weights": "ema" if config.train.ema_decay else "trained",
+        # what the optimiser updates (LoRA: the adapters and the head; the probe track: the head)
+        "trainable_parameters": sum(p.numel() for p in inputs.module_to_train.parameters() if p.requires_grad),
         "ema_decay": config.train.ema_decay,
         "stopped_early": state.stopped_early,
         "num_processes": accelerator.num_processes,
@@ -775,6 +810,8 @@ def run_summary(
         "software": software(),
         **peak_memory_mb(),
         "trainer_state": asdict(state),
+        # train.compile: graphs compiled and the wall time of the steps that compiled them (in train_seconds)
+        "compile": compile_stats.as_dict() if compile_stats is not None else None,
     }
 
 
