@@ -323,6 +323,8 @@ def ranking_lines(task: str, groups: dict[tuple[str, str], dict[str, list[dict[s
         "",
         "Kendall's τ-b between the heads' mean accuracies on the probe track and on a fine-tuning track,",
         "over the heads recorded on both (1: the same order, 0: unrelated, -1: reversed; ties allowed).",
+        "\"stock\" is each track's own stock head: on the probe track the backbone's class token (BERT's with",
+        "its pretrained dense + tanh) trained on cached states, when fine-tuning the Hugging Face classifier.",
         "",
         *rows,
         "",
