@@ -331,7 +331,7 @@ def check_files_exist(paths: list[str]) -> None:
 
 def run_explain(args: argparse.Namespace, _: list[str]) -> int:
     from .models.explain import explain
-    from .models.explain_plot import check_out_path, pyplot, save_pictures
+    from .models.explain_plot import check_out_path, new_figure, save_pictures
 
     if not args.texts and not args.image:
         raise PoolftError("nothing to explain; pass texts as arguments or --image FILE...")
@@ -341,7 +341,7 @@ def run_explain(args: argparse.Namespace, _: list[str]) -> int:
         raise PoolftError("nothing to write; pass --out FILE.png for pictures and/or --json for the numbers")
     if args.out is not None:  # before the (slower) model loading
         check_out_path(args.out)
-        pyplot()
+        new_figure(1, 1)  # matplotlib is there
     check_files_exist(args.image)
     inputs = list(args.texts) if args.texts else list(args.image)
     explanations = explain(args.model, inputs, images=bool(args.image), per_query=args.per_query)

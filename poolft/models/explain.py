@@ -38,7 +38,7 @@ from PIL import Image
 
 from ..data.images import to_rgb
 from ..errors import PoolftError
-from ..pooling import Pooler
+from ..pooling import Pooler, build_pooler
 from ..pooling.masking import lowest_value, patch_grid_start, real_token_mask
 from ..pooling.window import equal_edges
 from .backbones import describe_head, modality_of
@@ -367,9 +367,7 @@ def stock_reading(
 ) -> HeadReading:
     """The reading of a stock head: its rule from ``STOCK_RULES``, applied as the poolft head of that name."""
     rule = STOCK_RULES[type(model).__name__](model.config)
-    # the stock heads' rules need no weights: build the parameter-free poolft head of the same rule
-    from ..pooling import build_pooler
-
+    # these rules need no weights: the parameter-free poolft head of the same name computes them
     reading = head_reading(
         build_pooler(rule, hidden_states.size(-1)),
         hidden_states,

@@ -13,6 +13,8 @@ Needs matplotlib (``pip install 'poolft[report]'``).
 
 from __future__ import annotations
 
+import math
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ DPI = 100
 TEXT_WIDTH_IN = 10.0
 LINE_CELLS = 96
 LABEL_CHARS = 18
-#: text pictures: heights in inches
-HEADER_IN, TOKEN_ROW_IN, STRIP_IN, ROW_GAP_IN, PANEL_TITLE_IN, COLORBAR_IN = 1.05, 0.3, 0.1, 0.14, 0.25, 0.55
+#: text pictures: title characters per line, and heights in inches
+TITLE_CHARS, TITLE_LINE_IN = 130, 0.175
+TOKEN_ROW_IN, STRIP_IN, ROW_GAP_IN, PANEL_TITLE_IN, COLORBAR_IN = 0.3, 0.1, 0.14, 0.25, 0.55
 #: image pictures: one square panel per weight map or window level, and a column of notes
-PANEL_IN, IMAGE_HEADER_IN, IMAGE_FOOTER_IN, NOTES_IN = 2.6, 0.9, 0.15, 2.6
+PANEL_IN, IMAGE_FOOTER_IN, NOTES_IN, IMAGE_TITLE_LINE_IN = 2.6, 0.15, 2.6, 0.15
 CMAP = "YlOrRd"
 EXCLUDED_COLOR = "#d9d9d9"
 WINDOW_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -55,29 +58,27 @@ def check_out_path(out: str | Path) -> None:
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise PoolftError(f"cannot write --out {out}: {folder} {what}; pass a path in an existing folder")
-    import os
-
     if not os.access(folder, os.W_OK):
         raise PoolftError(f"cannot write --out {out}: folder {folder} is not writable; pass another path")
 
 
-def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend, or a one-line error naming the extra to install."""
+def new_figure(width_in: float, height_in: float) -> Any:
+    """A matplotlib ``Figure`` outside pyplot (no global state, no backend switch), or a one-line error.
+
+    Raises:
+        PoolftError: matplotlib is not installed (it is the ``report`` extra).
+    """
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise PoolftError(
             "poolft explain draws its pictures with matplotlib; pip install 'poolft[report]' (or use --json alone)"
         ) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width_in, height_in), dpi=DPI)
 
 
 def save_pictures(explanations: list[Explanation], out: str | Path) -> list[Path]:
     """Draw each explanation to its PNG (``picture_paths``) and return the paths."""
-    plt = pyplot()
     paths = picture_paths(out, len(explanations))
     for explanation, path in zip(explanations, paths, strict=True):
         figure = draw_text(explanation) if explanation.kind == "text" else draw_image(explanation)
@@ -85,8 +86,6 @@ def save_pictures(explanations: list[Explanation], out: str | Path) -> list[Path
             figure.savefig(path, dpi=DPI)
         except OSError as error:
             raise PoolftError(f"cannot write {path} ({error}); pass another --out") from None
-        finally:
-            plt.close(figure)
     return paths
 
 
@@ -100,11 +99,28 @@ def figure_inches(explanation: Explanation) -> tuple[float, float]:
     """The figure's ``(width, height)`` in inches, from the content alone."""
     if explanation.kind == "image":
         panels = len(weight_maps(explanation)) + len(image_window_levels(explanation))
-        return PANEL_IN * panels + NOTES_IN, IMAGE_HEADER_IN + PANEL_IN + IMAGE_FOOTER_IN
+        width = PANEL_IN * panels + NOTES_IN
+        return width, image_header_inches(explanation, width) + PANEL_IN + IMAGE_FOOTER_IN
     rows = len(token_rows(explanation.tokens, explanation.excluded))
     strips = sum(len(level_strips(level)) for level in explanation.windows or [])
     panel = PANEL_TITLE_IN + rows * (TOKEN_ROW_IN + strips * STRIP_IN + ROW_GAP_IN)
-    return TEXT_WIDTH_IN, HEADER_IN + len(weight_maps(explanation)) * panel + COLORBAR_IN
+    return TEXT_WIDTH_IN, text_header_inches(explanation) + len(weight_maps(explanation)) * panel + COLORBAR_IN
+
+
+def text_header_inches(explanation: Explanation) -> float:
+    """Height of a text picture's title block: its lines (3 to 5) and a margin."""
+    return 0.3 + TITLE_LINE_IN * len(title_lines(explanation, TITLE_CHARS).splitlines())
+
+
+def image_title_chars(width_in: float) -> int:
+    """Characters per title line of an image picture ``width_in`` inches wide."""
+    return int(width_in * 15)
+
+
+def image_header_inches(explanation: Explanation, width_in: float) -> float:
+    """Height of an image picture's title block: its lines (3 to 5), the panel titles and a margin."""
+    lines = len(title_lines(explanation, image_title_chars(width_in)).splitlines())
+    return 0.35 + IMAGE_TITLE_LINE_IN * lines
 
 
 def weight_maps(explanation: Explanation) -> list[tuple[str, list[float]]]:
@@ -188,15 +204,16 @@ def level_strips(level: list[list[int]]) -> list[list[int]]:
 
 def draw_text(explanation: Explanation) -> Any:
     """The text picture of one explanation (a matplotlib ``Figure``)."""
-    plt = pyplot()
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
     from matplotlib.ticker import MaxNLocator
 
     width_in, height_in = figure_inches(explanation)
-    figure = plt.figure(figsize=(width_in, height_in), dpi=DPI)
-    figure.text(0.02, 1 - 0.12 / height_in, title_lines(explanation, 130), va="top", fontsize=9, linespacing=1.4)
+    figure = new_figure(width_in, height_in)
+    title = title_lines(explanation, TITLE_CHARS)
+    figure.text(0.02, 1 - 0.12 / height_in, title, va="top", fontsize=9, linespacing=1.4)
     norm = Normalize(0, scale_max(explanation))
     cmap = colormaps[CMAP]
     rows = token_rows(explanation.tokens, explanation.excluded)
@@ -205,7 +222,7 @@ def draw_text(explanation: Explanation) -> Any:
     row_in = TOKEN_ROW_IN + sum(len(s) for s in strips) * STRIP_IN + ROW_GAP_IN
     panel_in = PANEL_TITLE_IN + len(rows) * row_in
     left, right = 0.06, 0.97
-    top = height_in - HEADER_IN
+    top = height_in - text_header_inches(explanation)
     for title, weights in weight_maps(explanation):
         axes = figure.add_axes((left, (top - panel_in) / height_in, right - left, panel_in / height_in))
         axes.set_xlim(0, LINE_CELLS)
@@ -244,7 +261,7 @@ def draw_text(explanation: Explanation) -> Any:
             draw_window_strips(axes, levels, strips, row, y + TOKEN_ROW_IN)
         top -= panel_in
     colorbar_axes = figure.add_axes((left, 0.25 / height_in, 0.3, 0.12 / height_in))
-    colorbar = figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=colorbar_axes, orientation="horizontal")
+    colorbar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=colorbar_axes, orientation="horizontal")
     colorbar.ax.tick_params(labelsize=8)
     colorbar.locator = MaxNLocator(5)
     figure.text(left + 0.32, 0.3 / height_in, "weight; grey hatched: excluded (weight 0)", fontsize=8, va="center")
@@ -288,15 +305,16 @@ def image_window_levels(explanation: Explanation) -> list[list[list[int]]]:
 
 def draw_image(explanation: Explanation) -> Any:
     """The image picture of one explanation (a matplotlib ``Figure``)."""
-    plt = pyplot()
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
     from matplotlib.ticker import MaxNLocator
 
     width_in, height_in = figure_inches(explanation)
-    figure = plt.figure(figsize=(width_in, height_in), dpi=DPI)
-    figure.text(0.01, 1 - 0.08 / height_in, title_lines(explanation, int(width_in * 13)), va="top", fontsize=8.5)
+    figure = new_figure(width_in, height_in)
+    title = title_lines(explanation, image_title_chars(width_in))
+    figure.text(0.01, 1 - 0.08 / height_in, title, va="top", fontsize=8.5)
     grid_h, grid_w = explanation.grid_size
     prefix = explanation.num_prefix_tokens
     picture = explanation.image if explanation.image is not None else np.full((grid_h, grid_w, 3), 128, np.uint8)
@@ -320,9 +338,10 @@ def draw_image(explanation: Explanation) -> Any:
     for index, (title, weights) in enumerate(panels):
         axes = panel_axes(index)
         cells = np.asarray(weights[prefix:], dtype=np.float32).reshape(grid_h, grid_w)
-        # a patch the head does not read stays clear: the image shows through
-        shown = np.ma.masked_less_equal(cells, 0)
-        axes.imshow(shown, cmap=cmap, norm=norm, alpha=0.65, extent=(0, grid_w, grid_h, 0), interpolation="nearest")
+        # opacity grows with the weight: a patch read little (or not at all) shows the image through
+        shade = cmap(norm(cells))
+        shade[..., 3] = 0.85 * np.clip(norm(cells), 0, 1)
+        axes.imshow(shade, extent=(0, grid_w, grid_h, 0), interpolation="nearest")
         for cell, excluded in enumerate(explanation.excluded[prefix:]):
             if excluded:
                 row, col = divmod(cell, grid_w)
@@ -344,12 +363,13 @@ def draw_image(explanation: Explanation) -> Any:
                     linewidth=1.6,
                 )
             )
-        kind = "sliding windows" if overlapping else "bins"
-        axes.set_title(f"level {offset + 1}: {len(level)} {kind}", fontsize=8)
+        side = math.isqrt(len(level))
+        kind = f"{len(level)} sliding windows" if overlapping else f"{side}x{side} bins"
+        axes.set_title(f"level {offset + 1}: {kind}", fontsize=8)
     notes_left = (len(panels) + len(window_levels)) * PANEL_IN / width_in + 0.01
     figure.text(notes_left, bottom + PANEL_IN / height_in, image_notes(explanation), va="top", fontsize=8)
     colorbar_axes = figure.add_axes((notes_left, bottom + 0.1 / height_in, 0.12 / width_in, 1.0 / height_in))
-    colorbar = figure.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=colorbar_axes)
+    colorbar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=colorbar_axes)
     colorbar.ax.tick_params(labelsize=7)
     colorbar.locator = MaxNLocator(5)
     return figure

@@ -26,6 +26,7 @@ from transformers import (
 import poolft
 from poolft import PoolftForImageClassification, PoolftForSequenceClassification, build_pooler
 from poolft.cli import EXIT_USER_ERROR, main
+from poolft.errors import PoolftError
 from poolft.models.explain import head_reading
 from poolft.models.explain_plot import DPI, picture_size
 
@@ -88,8 +89,10 @@ def prefix_positions(mask_row: torch.Tensor, prefix: int) -> list[int]:
     return mask_row.nonzero().squeeze(1)[:prefix].tolist()
 
 
-def assert_reading_is_a_distribution(reading, mask: torch.Tensor, skipped: list[list[int]]) -> None:
-    """Zero (and excluded) on padding and ``skipped`` positions, non-negative, summing to 1 per row."""
+def assert_reading_is_a_distribution(
+    reading, mask: torch.Tensor, skipped: list[list[int]], unread: list[list[int]] | None = None
+) -> None:
+    """Zero and excluded on padding and ``skipped`` positions, zero on ``unread`` ones, non-negative, summing to 1."""
     weights = reading.weights
     assert weights.dtype == torch.float32
     assert torch.all(weights >= 0)
@@ -99,6 +102,8 @@ def assert_reading_is_a_distribution(reading, mask: torch.Tensor, skipped: list[
     for row, positions in enumerate(skipped):
         assert torch.all(weights[row, positions] == 0), (row, positions, weights[row])
         assert torch.all(reading.excluded[row, positions])
+    for row, positions in enumerate(unread or []):
+        assert torch.all(weights[row, positions] == 0), (row, positions, weights[row])
     assert torch.all(weights[reading.excluded] == 0)
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(weights.size(0)), rtol=0, atol=1e-5)
 
@@ -109,16 +114,18 @@ def test_sequence_heads_read_nothing_of_padding_or_the_prefix_they_skip(spec, pr
     name, options = spec
     head = make_head(name, options)
     reading = head_reading(head, states_for(*MASK.shape, seed=1), MASK, num_prefix_tokens=prefix)
-    if name == "cls":  # the first real token, whatever the prefix: everything else is 0
+    unread = None
+    if name == "cls":  # the first real token, whatever the prefix: the others are real but weigh 0
         first = [prefix_positions(row, 1)[0] for row in MASK]
         for row, position in enumerate(first):
             assert reading.weights[row, position] == 1
-        skipped = [[p for p in range(MASK.size(1)) if p != first[row]] for row in range(MASK.size(0))]
+        skipped = [[] for _ in first]
+        unread = [[p for p in range(MASK.size(1)) if p != first[row]] for row in range(MASK.size(0))]
     elif name == "clsmean":  # the class token is read (by the cls half); the other prefix tokens are not
         skipped = [prefix_positions(row, prefix)[1:] for row in MASK]
     else:
         skipped = [prefix_positions(row, prefix) for row in MASK]
-    assert_reading_is_a_distribution(reading, MASK, skipped)
+    assert_reading_is_a_distribution(reading, MASK, skipped, unread)
 
 
 @pytest.mark.parametrize("prefix", [1, 2])
@@ -134,7 +141,7 @@ def test_grid_heads_read_nothing_of_the_prefix(spec, prefix):
 
 
 def reference_attention(head, states: torch.Tensor, mask: torch.Tensor, prefix: int) -> torch.Tensor:
-    """Softmax of the pooler's query against its key projection of every token, plain torch, ``(batch, queries, tokens)``."""
+    """Softmax of the pooler's queries against its key projections, in plain torch: ``(batch, queries, tokens)``."""
     heads, head_dim = head.num_heads, HIDDEN // head.num_heads
     with torch.no_grad():
         keys = head.key(states).view(*states.shape[:2], heads, head_dim)  # (batch, tokens, heads, head_dim)
@@ -184,8 +191,39 @@ def test_max_shares_equal_a_numpy_argmax_count(prefix):
     # one max window over the whole row is the max head; one mean window is the mean head
     window = head_reading(make_head("window", {"levels": [1]}), states, MASK, num_prefix_tokens=prefix)
     np.testing.assert_allclose(window.weights.numpy(), expected, rtol=0, atol=1e-6)
+    # max of the windows' maxima is the max over every token they cover
+    sliding = head_reading(
+        make_head("window", {"mode": "sliding", "window_size": 3, "stride": 2}), states, MASK, num_prefix_tokens=prefix
+    )
+    np.testing.assert_allclose(sliding.weights.numpy(), expected, rtol=0, atol=1e-6)
     mean_window = head_reading(make_head("window", {"levels": [1], "reduce": "mean"}), states, MASK)
     np.testing.assert_allclose(mean_window.weights.numpy(), MASK.numpy() / MASK.sum(1, keepdims=True).numpy())
+
+
+MEAN_WINDOWS = [
+    ({"levels": [1, 3], "reduce": "mean"}, None),
+    ({"edges": [[0, 0.3, 1.0]], "reduce": "mean"}, None),
+    ({"mode": "sliding", "window_size": 3, "stride": 2, "reduce": "mean", "reduce_windows": "mean"}, None),
+    ({"grid": True, "levels": [1, 3], "reduce": "mean"}, (GRID, GRID)),
+    (
+        {"grid": True, "mode": "sliding", "window_size": 3, "stride": 2, "reduce": "mean", "reduce_windows": "mean"},
+        (GRID, GRID),
+    ),
+]
+
+
+@pytest.mark.parametrize(("options", "grid"), MEAN_WINDOWS, ids=[head_id(("window", o)) for o, _ in MEAN_WINDOWS])
+def test_mean_window_weights_rebuild_the_heads_features(options, grid):
+    # mean windows are linear: the weights times the states are the head's window features averaged
+    head = make_head("window", {**options, "project": False})
+    if grid is None:
+        states, mask = states_for(*MASK.shape, seed=7), MASK
+    else:
+        states, mask = states_for(2, 1 + GRID * GRID, seed=7), None
+    reading = head_reading(head, states, mask, num_prefix_tokens=1, grid_size=grid)
+    with torch.no_grad():
+        features = head(states, mask, num_prefix_tokens=1, grid_size=grid).view(states.size(0), -1, HIDDEN)
+    torch.testing.assert_close(torch.einsum("bt,bth->bh", reading.weights, states), features.mean(dim=1))
 
 
 def test_window_bounds_follow_the_heads_ranks_over_real_tokens():
@@ -314,7 +352,10 @@ def test_stock_heads_read_the_class_token(tmp_path, tiny_bert_dir, tiny_vit_dir,
 
 def test_text_picture_has_the_layout_size(saved, tmp_path, capsys):
     out = tmp_path / "text.png"
-    assert main(["explain", "--model", str(saved("text", "window", {"levels": [1, 2]})), "loved it", "--out", str(out)]) == 0
+    assert (
+        main(["explain", "--model", str(saved("text", "window", {"levels": [1, 2]})), "loved it", "--out", str(out)])
+        == 0
+    )
     [explanation] = poolft.explain(saved("text", "window", {"levels": [1, 2]}), ["loved it"])
     with Image.open(out) as picture:
         assert picture.size == picture_size(explanation)
@@ -329,8 +370,11 @@ def test_several_images_give_numbered_pictures_of_the_layout_size(saved, image_f
     assert not out.exists()
     for i, explanation in enumerate(poolft.explain(folder, image_files)):
         with Image.open(tmp_path / f"image-{i}.png") as picture:
-            # a weight panel, a panel per window level (2) and the notes column, each 2.6 inches
-            assert picture.size == picture_size(explanation) == (4 * 260, 365)
+            assert picture.size == picture_size(explanation)
+            # a weight panel, a panel per window level (2) and the notes column, each 2.6 inches wide;
+            # a 2.6-inch panel under a title of 3 to 5 lines
+            width, height = picture.size
+            assert width == 4 * 260 and 355 <= height <= 385
 
 
 def test_json_lines_parse_and_hold_the_numbers(saved, capsys):
@@ -385,3 +429,13 @@ def test_mistakes_are_one_line_errors(saved, image_files, tiny_bert_dir, tmp_pat
             failures.append(f"{case}: status {status}, stderr {captured.err!r}, stdout {captured.out[:100]!r}")
     assert not failures, "\n".join(failures)
     assert snapshot(tmp_path) == before
+
+
+def test_a_model_object_is_explained_with_its_preprocessor(saved):
+    folder = saved("text", "max")
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    from_object = poolft.explain(model, TINY_TEXTS[:2], preprocessor=tokenizer)
+    assert [e.to_dict() for e in from_object] == [e.to_dict() for e in poolft.explain(folder, TINY_TEXTS[:2])]
+    with pytest.raises(PoolftError, match="preprocessor="):
+        poolft.explain(model, TINY_TEXTS[:2])
