@@ -2,7 +2,7 @@
 
 The same saved model (``--model-dir``, or a fresh untrained MiniLM-L6 + mean pooler saved with its
 tokenizer: weights do not change the speed) classifies the same SST-2 validation sentences (872,
-or ``--samples``) three ways, at each of ``--batch-sizes`` (default 1 and 64):
+or ``--samples``) five ways, at each of ``--batch-sizes`` (default 1 and 64):
 
   predict   ``poolft.models.prediction.load_classifier(dir).predict(texts, batch_size)`` (what
             ``poolft predict`` runs: tokenizes all texts once, batches sorted by token count);
@@ -12,12 +12,18 @@ or ``--samples``) three ways, at each of ``--batch-sizes`` (default 1 and 64):
             model and data included, the tokenization cached after the first call) and its own
             loop-only ``samples_per_second``;
   pipeline  ``transformers.pipeline("text-classification", model=dir, batch_size=...)`` called on
-            the list of texts (tokenizes per batch, keeps the input order).
+            the list of texts (tokenizes per batch, keeps the input order);
+  onnxruntime fp32 / int8
+            ``poolft export --format onnx [--quantize int8]`` of the same model, then ``poolft
+            predict`` on the exported folder (``load_classifier``: the same tokenization, length-sorted
+            batches and right padding as predict, the graph run on ONNX Runtime's CPU provider with
+            ``--threads`` or one intra-op thread per core this process may use, one inter-op thread).
 
 The model is loaded once per path outside the timing (except the ``eval`` whole-call figure);
 every figure is the median over ``--repeats`` passes after one untimed pass. All in float32. The
 predicted labels of ``predict`` and ``pipeline`` are compared (they should agree on every
-sentence), and ``eval``'s accuracy against ``predict``'s. For each batch size it also counts the
+sentence), and ``eval``'s accuracy against ``predict``'s; the ONNX Runtime rows report their agreement
+with the PyTorch model's labels (``predict``) and their accuracy. For each batch size it also counts the
 tokens each batching executes (a batch costs its size x its longest example) against the real
 tokens: at equal model speed, pipeline / predict executed tokens bounds predict's speed-up.
 
@@ -80,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=None, help="validation sentences (default: all 872)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per measurement (median)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads and ONNX Runtime's intra-op threads (default: torch's; ONNX Runtime: cores)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.samples = args.samples or 64
@@ -97,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import yaml
 
-    from poolft.models.prediction import load_classifier
+    from poolft.models.onnx_export import export_onnx
+    from poolft.models.onnx_model import available_cores, load_onnx_classifier
+    from poolft.models.prediction import Classifier, load_classifier
     from poolft.training.evaluation import evaluate_saved_model
 
     if args.threads:
@@ -125,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
         classifier = load_classifier(str(model_dir))
         pipe = transformers.pipeline("text-classification", model=str(model_dir))
+        onnx_classifiers = {}
+        for precision, quantize in (("fp32", None), ("int8", "int8")):
+            exported = export_onnx(str(model_dir), str(workdir / f"onnx-{precision}"), quantize)
+            onnx_classifiers[precision] = Classifier(*load_onnx_classifier(exported, args.threads))
+        onnx_threads = args.threads or available_cores()
         rows, notes = [], []
         for batch_size in args.batch_sizes:
             outputs: dict = {}
@@ -143,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
             pipe_s, _ = common.median_seconds(
                 lambda bs=batch_size, out=outputs: out.update(pipeline=pipe(texts, batch_size=bs)), repeats=args.repeats
             )
+            for precision, onnx_classifier in onnx_classifiers.items():
+                onnx_s, _ = common.median_seconds(
+                    lambda bs=batch_size, out=outputs, key=precision, c=onnx_classifier: out.update(
+                        {key: c.predict(texts, batch_size=bs)}
+                    ),
+                    repeats=args.repeats,
+                )
+                outputs[f"{precision}_seconds"] = onnx_s
             n = len(texts)
             rows += [
                 [f"predict, batch {batch_size}", n / predict_s, 1e3 * predict_s / n, common.ratio(pipe_s, predict_s)],
@@ -150,6 +176,16 @@ def main(argv: list[str] | None = None) -> int:
                 [f"eval (loop only), batch {batch_size}", loop_sps, 1e3 / loop_sps, common.ratio(loop_sps * pipe_s, n)],
                 [f"pipeline, batch {batch_size}", n / pipe_s, 1e3 * pipe_s / n, "1.00x"],
             ]
+            for precision in onnx_classifiers:
+                onnx_s = outputs[f"{precision}_seconds"]
+                rows.append(
+                    [
+                        f"onnxruntime {precision} (predict), batch {batch_size}",
+                        n / onnx_s,
+                        1e3 * onnx_s / n,
+                        common.ratio(pipe_s, onnx_s),
+                    ]
+                )
             predicted = [label for label, _ in outputs["predict"]]
             piped = [item["label"] for item in outputs["pipeline"]]
             agree = sum(a == b for a, b in zip(predicted, piped, strict=True)) / n
@@ -159,7 +195,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"batch {batch_size}: predict and pipeline agree on {agree:.1%} of labels; accuracy predict "
                 f"{predict_accuracy:.4f}, eval {eval_metrics['accuracy']:.4f} ({eval_metrics['samples']} examples)"
             )
-        print(f"{len(texts)} sentences, float32, {torch.get_num_threads()} threads")
+            for precision in onnx_classifiers:
+                labels = [label for label, _ in outputs[precision]]
+                same = sum(a == b for a, b in zip(labels, predicted, strict=True)) / n
+                accuracy = sum(a == b for a, b in zip(labels, gold, strict=True)) / n
+                notes.append(
+                    f"batch {batch_size}: onnxruntime {precision} agrees with the PyTorch model (predict) on "
+                    f"{same:.1%} of labels; accuracy {accuracy:.4f}"
+                )
+        print(
+            f"{len(texts)} sentences, float32 (int8: ONNX Runtime dynamic quantization), "
+            f"torch {torch.get_num_threads()} threads, ONNX Runtime {onnx_threads} intra-op threads"
+        )
         common.print_table(["path", "samples/s", "ms/sample", "speed vs pipeline"], rows)
         for note in notes:
             print(f"  {note}")

@@ -9,7 +9,9 @@ as ``argsort`` + ``gather`` so the graph takes either side, as the PyTorch model
 Exporter: the TorchScript one (``torch.onnx.export(..., dynamo=False)``). The dynamo exporter
 (torch 2.13's default) needs ``onnxscript`` and stops at the data-dependent branch that checks
 the padding side (``GuardOnDataDependentSymNode``); tracing records the ops the example takes,
-which is right for every input here because the wrapper always moves padding to the right first.
+which is right for every input here because the wrapper always moves padding to the right first
+and the window head pools through export-only paths that follow the token axis
+(``torch.onnx.is_in_onnx_export()`` in ``pooling/window.py``).
 
 The output folder holds ``model.onnx`` (or ``model.int8.onnx``: ONNX Runtime's dynamic
 quantization, int8 weights), the tokenizer or image processor, and ``onnx_config.json``
@@ -44,7 +46,7 @@ from .saved_models import load_saved_classifier
 EXPORT_FORMATS = ("onnx",)
 #: ``--quantize`` choices: ONNX Runtime dynamic quantization with int8 weights
 QUANTIZATIONS = ("int8",)
-#: ONNX opset of the exported graph (ONNX Runtime 1.16+ runs it)
+#: ONNX opset of the exported graph
 OPSET = 17
 #: the graph's file name per quantization
 MODEL_FILES = {None: "model.onnx", "int8": "model.int8.onnx"}

@@ -17,11 +17,17 @@ from ..errors import PoolftError
 from . import modeling  # noqa: F401  (registers the poolft classes with the Auto classes)
 from .backbones import modality_of
 from .lora import is_adapter_folder, load_lora_classifier, merged_classifier
+from .onnx_model import is_onnx_export
 
 
 def load_saved_classifier(folder: str) -> tuple[Any, Any, str]:
     """``(model in eval mode, tokenizer or image processor, "text" | "image")``."""
     path = Path(folder)
+    if is_onnx_export(path):
+        raise PoolftError(
+            f"{folder} is an ONNX export (poolft export): poolft predict runs it; eval, export and the PyTorch "
+            "API take the saved model folder it was exported from"
+        )
     if path.exists() and not (path / "config.json").is_file():
         raise PoolftError(f"{folder} has no config.json; pass the output_dir of a finished poolft train run")
     if not path.exists() and (folder.startswith((".", "/", "~")) or folder.count("/") > 1):

@@ -74,6 +74,8 @@ def reduce_token_ranges(
     Returns:
         ``(batch, windows, hidden)``; an empty window gives zeros. Means accumulate in float32.
     """
+    if torch.onnx.is_in_onnx_export():
+        return reduce_token_ranges_dense(hidden_states, token_mask, start, end, reduce)
     batch, tokens, hidden = hidden_states.shape
     windows = start.size(1)
     device = hidden_states.device
@@ -94,6 +96,21 @@ def reduce_token_ranges(
     reduced = torch.segment_reduce(rows, reduce, lengths=sizes, axis=0, unsafe=True)
     reduced = torch.where((sizes > 0).unsqueeze(1), reduced, reduced.new_zeros(()))
     return reduced.to(hidden_states.dtype).view(batch, windows, hidden)
+
+
+def reduce_token_ranges_dense(
+    hidden_states: torch.Tensor, token_mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor, reduce: str
+) -> torch.Tensor:
+    """``reduce_token_ranges`` as one masked reduction over a ``(batch, windows, tokens)`` membership mask.
+
+    The same windows and result (zeros for an empty window, means in float32), in ops the ONNX
+    exporter traces with a dynamic token axis (``segment_reduce`` has no ONNX form, and the run
+    lengths would be frozen at the example's); it holds a ``(batch, windows, tokens, hidden)``
+    intermediate, so it serves ``poolft export`` only.
+    """
+    rank = (token_mask.long().cumsum(dim=1) - 1).unsqueeze(1)  # (batch, 1, tokens)
+    member = token_mask.unsqueeze(1) & (rank >= start.unsqueeze(2)) & (rank < end.unsqueeze(2))
+    return masked_reduce(hidden_states.unsqueeze(1), member, reduce)
 
 
 def equal_edges(windows: int) -> tuple[Fraction, ...]:
@@ -365,7 +382,8 @@ def grid_window_features(
     for level in levels:
         edges = equal_edges(level) if isinstance(level, int) else level
         k = len(edges) - 1
-        if edges == equal_edges(k):
+        # the exporter cannot size adaptive pooling; reduce_grid_ranges gives the same bins
+        if edges == equal_edges(k) and not torch.onnx.is_in_onnx_export():
 
             def adaptive(values: torch.Tensor, how: str, k: int = k) -> torch.Tensor:
                 return F.adaptive_max_pool2d(values, k) if how == "max" else F.adaptive_avg_pool2d(values, k)
@@ -422,7 +440,13 @@ def grid_sliding_features(
     def adaptive(values: torch.Tensor, how: str) -> torch.Tensor:
         return F.adaptive_max_pool2d(values, map_size) if how == "max" else F.adaptive_avg_pool2d(values, map_size)
 
-    pooled, _ = masked_pool2d(windows, has_window, reduce, adaptive)
+    if torch.onnx.is_in_onnx_export():  # the exporter cannot size adaptive pooling; reduce_grid_ranges: same bins
+        bins = [equal_edges(map_size)]
+        rows = edge_bounds(torch.tensor([int(windows.size(2))], device=windows.device), bins)
+        cols = edge_bounds(torch.tensor([int(windows.size(3))], device=windows.device), bins)
+        pooled, _ = reduce_grid_ranges(windows, has_window, (rows[0][0], rows[1][0]), (cols[0][0], cols[1][0]), reduce)
+    else:
+        pooled, _ = masked_pool2d(windows, has_window, reduce, adaptive)
     return pooled.flatten(2).transpose(1, 2).flatten(1)
 
 
@@ -444,8 +468,13 @@ def sliding_window_features(
     """
     lengths = token_mask.sum(dim=1, keepdim=True)
     tokens = hidden_states.size(1)
-    count = math.ceil(max(tokens - window_size, 0) / stride) + 1
-    start = (torch.arange(count, device=hidden_states.device) * stride).unsqueeze(0).expand(lengths.size(0), -1)
+    if torch.onnx.is_in_onnx_export():
+        # a start every stride steps up to the (dynamic) token count: the windows below plus unused ones
+        starts = torch.arange(0, tokens, stride, device=hidden_states.device)
+    else:
+        count = math.ceil(max(tokens - window_size, 0) / stride) + 1
+        starts = torch.arange(count, device=hidden_states.device) * stride
+    start = starts.unsqueeze(0).expand(lengths.size(0), -1)
     # window w is used if it starts inside the row and is the first or the previous one stopped short
     used = ((start == 0) | (start - stride + window_size < lengths)) & (start < lengths)
     end = torch.where(used, torch.minimum(start + window_size, lengths), start)
