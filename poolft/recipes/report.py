@@ -218,7 +218,7 @@ def budget_lines(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
         f"- Budget per run: {train['epochs']:g} epoch(s), batch {train['batch_size']}, "
         f"{train['scheduler']} schedule, mixed precision {first['mixed_precision']}"
         + (", frozen backbone (features cached once)" if train["feature_cache"] else ", whole model trained"),
-        rate_line(first),
+        rate_line(first, runs_by_head),
         f"- Hardware: {'; '.join(cpus)}",
         f"- poolft commit(s): {', '.join(commits)}",
     ]
@@ -232,15 +232,24 @@ def machine(hardware: dict[str, Any]) -> str:
     return f"{hardware.get('cpu')} ({hardware.get('cpu_count')} cores{listed})"
 
 
-def rate_line(run: dict[str, Any]) -> str:
-    """How the rate was chosen: a held-out search, or one fixed rate."""
+def rate_line(run: dict[str, Any], runs_by_head: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """How the rate was chosen: a held-out search (the grid every head shared, and the rates a head
+    added past an end of it), or one fixed rate."""
     if run.get("rate_search"):
-        grid = ", ".join(sorted(run["rate_search"], key=float))
+        grids = {head: set(runs[0].get("rate_search") or {}) for head, runs in (runs_by_head or {"": [run]}).items()}
+        shared = set.intersection(*grids.values())
+        grid = ", ".join(sorted(shared, key=float))
+        added = [
+            f"{head} {', '.join(sorted(rates - shared, key=float))}"
+            for head, rates in sorted(grids.items())
+            if rates - shared
+        ]
+        extended = f"; grids extended past an end for {'; '.join(added)}" if added else ""
         share = run.get("rate_search_holdout")
         held_out = f"a {share:.0%} held-out share" if share else "a held-out share"
         return (
-            f"- Rate searched: `{run.get('rate_key')}` over {grid} on {held_out} of the training split (seed 0); "
-            "the table reports only the chosen rate"
+            f"- Rate searched: `{run.get('rate_key')}` over {grid} on {held_out} of the training split (seed 0)"
+            f"{extended}; the table reports only the chosen rate"
         )
     return f"- Rate: one fixed `{run.get('rate_key', 'learning rate')}` (no search for this track)"
 

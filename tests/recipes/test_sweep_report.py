@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -439,3 +440,44 @@ def test_every_recorded_result_is_recognised_as_done(record_root) -> None:
     assert image_recipe.data.text_column is None  # the new default is what the image runs hash with
     image_recipe.data.text_column = "text"
     assert run_hash(image_recipe) != run_hash(load_config(recipes / "fashion_mnist" / "finetune.yaml"))
+
+
+def test_rate_line_names_the_shared_grid_and_each_head_s_extension():
+    from poolft.recipes.report import rate_line
+
+    stock = fixture_result("sst2", "finetune", "stock", 0, 0.8)
+    mean = fixture_result("sst2", "finetune", "mean", 0, 0.8)
+    mean["rate_search"] = {**mean["rate_search"], "3e-06": 0.5}  # mean's best was 1e-05, an end: one more below
+    line = rate_line(stock, {"stock": [stock], "mean": [mean]})
+    assert "over 1e-05, 0.0003, 0.001 on a 10% held-out share" in line
+    assert "grids extended past an end for mean 3e-06;" in line
+
+
+def test_a_best_rate_at_an_end_of_the_grid_grows_the_grid(tmp_path, tiny_bert_dir, monkeypatch):
+    from poolft.recipes.sweep import Sweep, next_rate
+
+    assert next_rate([1e-3, 1e-2], 1e-2) == 0.1 and next_rate([1e-3, 1e-2], 1e-3) == 1e-4
+    assert next_rate([1e-3, 3e-3, 1e-2], 3e-3) is None and next_rate([1e-3], 1e-3) is None
+    sweep = Sweep(
+        load_config(recipe(tmp_path, tiny_bert_dir, probe=True)),
+        "tiny",
+        "probe",
+        ["mean"],
+        [0],
+        [1e-3, 1e-2],
+        "train.head_learning_rate",
+        0.1,
+        tmp_path / "results",
+        tmp_path / "runs",
+        report=lambda message: None,
+    )
+    tried = []
+
+    def held_out(head, rate):  # held-out accuracy peaks at 0.3, beyond the grid
+        tried.append(rate)
+        return 1.0 - abs(math.log10(rate / 0.3))
+
+    monkeypatch.setattr(sweep, "held_out_accuracy", held_out)
+    rate, search = sweep.choose_rate("mean")
+    assert tried == [1e-3, 1e-2, 0.1, 1.0]  # two steps up the grid, the second one past the peak
+    assert rate == 0.1 and set(search) == {"0.001", "0.01", "0.1", "1"}
