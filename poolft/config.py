@@ -174,6 +174,13 @@ class DataConfig:
             "help": "batch training examples of similar length together (less padding; batch order still shuffled)"
         },
     )
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={
+            "help": "pad text batches on the right to a multiple of this many tokens (at most max_length), so "
+            "batches take a few shapes; None: to the batch's longest text (16 with train.compile)"
+        },
+    )
     image_size: int | None = field(
         default=None,
         metadata={
@@ -387,6 +394,13 @@ class TrainConfig:
         metadata={
             "help": "with model.lora: also write output_dir/merged, the adapter folded into a plain model that "
             "loads without peft (what `poolft export-merged` writes)"
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "run the training forward and backward through torch.compile (inductor, static shapes; "
+            "text batches padded to data.pad_to_multiple_of, default 16); evaluation stays eager"
         },
     )
 
@@ -691,6 +705,7 @@ def _check_ranges(config: RunConfig) -> None:
         "train.save_every_steps": train.save_every_steps,
         "data.max_train_samples": data.max_train_samples,
         "data.max_eval_samples": data.max_eval_samples,
+        "data.pad_to_multiple_of": data.pad_to_multiple_of,
     }.items():
         if value is not None and value < 1:
             raise PoolftError(f"{name} must be at least 1 (or null), got {value}")

@@ -12,7 +12,8 @@
 #   PYTHON=.venv/bin/python scripts/bench_all.sh
 #
 # Benchmarks: bench_poolers.py, bench_train.py (text and --image), bench_precision.py (text and
-# --image), bench_mfu.py (on bench_train's poolft text run), bench_fast_kernels.py, bench_inference.py,
+# --image; both with train.compile rows), bench_mfu.py (on bench_train's poolft text run),
+# bench_fast_kernels.py, bench_compile.py, bench_inference.py,
 # bench_probe_sweep.py (the SST-2 probe recipe, cached sweep vs uncached runs). A failing
 # benchmark is reported in the file and the others still run; the exit status is 1 if any failed.
 # Run it on an idle machine: every header prints the load average.
@@ -86,6 +87,8 @@ run_section mfu "Model FLOPs utilisation (bench_mfu.py)" \
     "$PYTHON" scripts/bench_mfu.py "${FLAGS[@]}" "${MFU_RUN[@]}"
 run_section fast_kernels "Fast kernels: CPU dropout and folded clipping vs torch (bench_fast_kernels.py)" \
     "$PYTHON" scripts/bench_fast_kernels.py "${FLAGS[@]}"
+run_section compile "train.compile: eager vs compiled steps, dropout under inductor, graphs (bench_compile.py)" \
+    "$PYTHON" scripts/bench_compile.py "${FLAGS[@]}"
 run_section inference "Inference: poolft predict / eval vs transformers.pipeline (bench_inference.py)" \
     "$PYTHON" scripts/bench_inference.py "${FLAGS[@]}"
 PROBE_FLAGS=()

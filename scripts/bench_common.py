@@ -52,6 +52,28 @@ def bf16_flags() -> str:
     return ", ".join(f"{name} {'yes' if name in flags else 'no'}" for name in ("avx512_bf16", "amx_bf16", "amx_tile"))
 
 
+def isa_flags() -> str:
+    """``"amx_bf16 no, ..., avx512f yes, avx2 yes"``: the CPU matrix features a timing depends on
+    (``/proc/cpuinfo``), printed beside every figure so none is read without them."""
+    from poolft.training.run_info import MATRIX_FLAGS
+
+    flags = cpu_flags()
+    return ", ".join(f"{name} {'yes' if name in flags else 'no'}" for name in MATRIX_FLAGS)
+
+
+def compile_summary(metrics: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """A ``train.compile`` run's compile cost from its ``metrics.json``: seconds, graphs, and the
+    train samples/s of the batches that compiled nothing (``None`` entries for an eager run)."""
+    stats = metrics.get("compile") or {}
+    seconds = stats.get("seconds")
+    steady = None
+    if seconds is not None and metrics.get("train_seconds"):
+        rest = metrics["train_seconds"] - seconds
+        samples = metrics["train_samples_seen"] - stats.get("samples", stats.get("steps", 0) * batch_size)
+        steady = samples / rest if rest > 0 and samples > 0 else None
+    return {"compile_seconds": seconds, "compile_graphs": stats.get("graphs"), "steady_samples_per_second": steady}
+
+
 def load_average() -> str:
     if not hasattr(os, "getloadavg"):
         return "n/a"
@@ -81,6 +103,7 @@ def print_header(title: str, extra: Sequence[str] = ()) -> None:
     print(f"  date:         {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     print(f"  cpu:          {cpu_model()} ({os.cpu_count()} logical CPUs, {usable} usable)")
     print(f"  cpu bf16:     {bf16_flags()}")
+    print(f"  cpu matrix:   {isa_flags()}")
     threads = f"{torch.get_num_threads()} threads, {torch.get_num_interop_threads()} interop"
     print(f"  torch:        {threads}; cuda {'yes' if torch.cuda.is_available() else 'no'}")
     print(f"  versions:     {versions()}")
@@ -333,6 +356,30 @@ def poolft_batches(run_dir: Path) -> BatchStats:
     encoder = getattr(encoder, "encoder_config", encoder)
     model_params = nonembedding_params_of_config(encoder)
     return BatchStats(batches, encoder.num_hidden_layers, encoder.hidden_size, model_params)
+
+
+# ----------------------------------------------------------------------------------------------
+# a MiniLM-shaped backbone without the MiniLM package (random weights: speed does not depend on them)
+
+#: all-MiniLM-L6-v2's encoder shape
+MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def random_bert(folder: Path, shape: dict[str, int], words: Sequence[str], seed: int = 0) -> Path:
+    """Save a BERT of ``shape`` with random weights and a WordPiece tokenizer over ``words`` in ``folder``."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = list(dict.fromkeys([*SPECIAL_TOKENS, *words]))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=0, **shape)
+    torch.manual_seed(seed)
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------

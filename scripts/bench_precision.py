@@ -3,6 +3,8 @@
 Runs ``poolft train`` twice, each in its own process with an empty ``datasets`` cache, once with
 ``--train.mixed_precision no`` and once with ``bf16``, and prints train samples/s, wall time, peak
 RSS and accuracy of each, the bf16/fp32 throughput ratio and the accuracy difference in points.
+Each precision runs a second time with ``--train.compile true`` (``--no-compile`` skips those two
+rows): its compile time is shown apart, with the train samples/s of the batches that compiled nothing.
 It also reports whether the CPU has the instructions that make bf16 fast (``avx512_bf16``: bf16 dot
 products in AVX-512; ``amx_bf16``/``amx_tile``: Intel AMX tiles), which is what poolft's
 ``train.mixed_precision auto`` looks at.
@@ -34,18 +36,21 @@ import bench_common as common  # noqa: E402
 PRECISIONS = ("no", "bf16")
 
 
-def run(args: argparse.Namespace, workdir: Path, precision: str) -> common.JobResult:
-    out = workdir / f"poolft-{precision}"
+def run(args: argparse.Namespace, workdir: Path, precision: str, compiled: bool = False) -> common.JobResult:
+    name = f"{precision}-compiled" if compiled else precision
+    out = workdir / f"poolft-{name}"
     command = common.poolft_train_command_for(args, out, precision)
+    command += ["--train.compile", "true"] if compiled else []
     job = common.run_job(
-        f"poolft {precision}",
+        f"poolft {name}",
         command,
-        workdir / "logs" / f"poolft-{precision}.log",
-        env=common.fresh_datasets_cache(workdir, precision),
+        workdir / "logs" / f"poolft-{name}.log",
+        env=common.fresh_datasets_cache(workdir, name),
     )
     metrics = common.read_poolft_metrics(out)
     if job.ok and metrics:
         job.result = {
+            **common.compile_summary(metrics, args.batch_size),
             "train_samples_per_second": metrics["train_samples_per_second"],
             "train_seconds": metrics["train_seconds"],
             "accuracy": metrics["final"]["accuracy"],
@@ -68,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--threads", type=int, default=None, help="train.torch_threads for both runs")
+    parser.add_argument("--threads", type=int, default=None, help="train.torch_threads for every run")
+    parser.add_argument("--no-compile", action="store_true", help="skip the train.compile rows")
     parser.add_argument("--workdir", type=Path, default=None, help="keep run folders and logs here (default: temp)")
     args = parser.parse_args(argv)
     if args.train_samples is None:
@@ -90,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"  workdir:      {workdir}\n")
     jobs = {precision: run(args, workdir, precision) for precision in PRECISIONS}
+    if not args.no_compile:
+        jobs.update({f"{p}-compiled": run(args, workdir, p, compiled=True) for p in PRECISIONS})
 
     what = (
         f"Fashion-MNIST, ViT-S/14 at {args.image_size} px"
@@ -101,13 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{f' (max {args.max_steps} steps)' if args.max_steps else ''}, batch {args.batch_size}, lr {args.lr:g}"
     )
     rows = []
-    for precision, job in jobs.items():
+    for name, job in jobs.items():
         r = job.result
+        label = "float32 (no)" if name.startswith("no") else "bf16 autocast"
+        label += ", compiled" if name.endswith("compiled") else ""
         rows.append(
             [
-                ("float32 (no)" if precision == "no" else "bf16 autocast") + ("" if job.ok else " FAILED"),
+                label + ("" if job.ok else " FAILED"),
                 r.get("train_samples_per_second"),
+                r.get("steady_samples_per_second"),
                 r.get("train_seconds"),
+                r.get("compile_seconds"),
                 job.wall_seconds,
                 round(job.peak_rss_mb),
                 f"{r['accuracy']:.4f}" if "accuracy" in r else None,
@@ -115,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 r.get("eval_samples"),
             ]
         )
-    common.print_table(
-        ["precision", "train samples/s", "train s", "wall s", "peak RSS MiB", "accuracy", "eval loss", "eval n"], rows
-    )
+    headers = ["precision", "train samples/s", "after compile", "train s", "compile s", "wall s", "peak RSS MiB"]
+    common.print_table([*headers, "accuracy", "eval loss", "eval n"], rows)
+    print(f"  cpu: {common.isa_flags()}")
     fp32, bf16 = jobs["no"], jobs["bf16"]
     speed = common.ratio(bf16.result.get("train_samples_per_second"), fp32.result.get("train_samples_per_second"))
     print(
@@ -129,7 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     from poolft.training.loop import resolve_mixed_precision
 
     auto = resolve_mixed_precision("auto")
+    for precision in PRECISIONS:
+        eager, compiled = jobs[precision].result, jobs.get(f"{precision}-compiled")
+        if compiled is None or not compiled.result:
+            continue
+        c, speed = compiled.result, eager.get("train_samples_per_second")
+        print(
+            f"  {precision} compiled / eager: train samples/s {common.ratio(c.get('train_samples_per_second'), speed)} "
+            f"with the compile time, {common.ratio(c.get('steady_samples_per_second'), speed)} after it; compile "
+            f"{c.get('compile_seconds') or 0:.1f} s for {c.get('compile_graphs')} graphs; eval loss "
+            f"{c.get('loss', float('nan')):.4f} vs {eager.get('loss', float('nan')):.4f}"
+        )
     print(f"  CPU: {common.bf16_flags()} -> poolft's mixed_precision=auto picks {auto!r} here")
+    print(f"  cpu: {common.isa_flags()}")
     if args.workdir is None:
         shutil.rmtree(workdir.parent, ignore_errors=True)
     common.print_footer(started)

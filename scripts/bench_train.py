@@ -5,6 +5,9 @@ SST-2 training sentences from ``../shared/data/sst2``, 1 epoch, batch 32, lr 5e-
 then accuracy on the full 872-sentence validation split:
 
   (a) ``poolft train`` (the CLI; mean pooler, ``train.mixed_precision auto``, length-grouped batches);
+  (a') the same with ``--train.compile true`` (torch.compile, inductor; text batches padded to
+      multiples of 16): its compile time (the wall time of the batches that compiled a graph) is
+      shown apart, with the train samples/s of the batches that compiled nothing;
   (b) ``Trainer`` + ``AutoModelForSequenceClassification`` (the stock CLS/pooler head), default
       random sampler, ``DataCollatorWithPadding`` (dynamic padding), no evaluation or checkpoints
       during training, ``report_to="none"``, the final model saved as a user would;
@@ -59,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as common  # noqa: E402
 
-JOBS = ("poolft", "trainer", "trainer-grouped")
+JOBS = ("poolft", "poolft-compiled", "trainer", "trainer-grouped")
 WARMUP_FRACTION, WEIGHT_DECAY, MAX_GRAD_NORM = 0.06, 0.01, 1.0  # poolft's defaults, given to the Trainer too
 
 
@@ -237,15 +240,21 @@ def image_inputs(args: argparse.Namespace):
 # parent: run the three jobs and print the table
 
 
-def run_poolft(args: argparse.Namespace, workdir: Path, mixed_precision: str = "auto") -> common.JobResult:
-    out = workdir / "poolft"
+def run_poolft(
+    args: argparse.Namespace, workdir: Path, mixed_precision: str = "auto", name: str = "poolft"
+) -> common.JobResult:
+    """Job (a), or (a') with ``name="poolft-compiled"`` (``--train.compile true``)."""
+    out = workdir / name
     command = common.poolft_train_command_for(args, out, mixed_precision)
+    compiled = name == "poolft-compiled"
+    command += ["--train.compile", "true"] if compiled else []
     job = common.run_job(
-        "poolft", command, workdir / "logs" / "poolft.log", env=common.fresh_datasets_cache(workdir, "poolft")
+        name, command, workdir / "logs" / f"{name}.log", env=common.fresh_datasets_cache(workdir, name)
     )
     metrics = common.read_poolft_metrics(out)
     if job.ok and metrics:
         job.result = {
+            **common.compile_summary(metrics, args.batch_size),
             "train_samples": metrics["train_samples_seen"],
             "train_seconds": metrics["train_seconds"],
             "train_samples_per_second": metrics["train_samples_per_second"],
@@ -258,7 +267,10 @@ def run_poolft(args: argparse.Namespace, workdir: Path, mixed_precision: str = "
         if not args.image:
             try:
                 stats = common.poolft_batches(out)
-                job.result.update(real_tokens=stats.real_tokens, executed_tokens=stats.executed_tokens)
+                executed = stats.executed_tokens
+                if compiled:  # batches padded to multiples of 16, at most max_length
+                    executed = sum(len(b) * min(-(-max(b) // 16) * 16, args.max_length) for b in stats.batches)
+                job.result.update(real_tokens=stats.real_tokens, executed_tokens=executed)
             except Exception as error:  # the padding column is a bonus; never lose the run over it
                 print(f"  (could not rebuild poolft's batches: {type(error).__name__}: {error})")
     return job
@@ -309,6 +321,7 @@ def run_trainer(args: argparse.Namespace, workdir: Path, name: str, bf16: bool) 
 def print_results(args: argparse.Namespace, jobs: dict[str, common.JobResult], precision: str) -> None:
     labels = {
         "poolft": "(a) poolft train",
+        "poolft-compiled": "(a') poolft train, compiled",
         "trainer": "(b) Trainer, random sampler",
         "trainer-grouped": "(c) Trainer, group_by_length",
     }
@@ -322,7 +335,8 @@ def print_results(args: argparse.Namespace, jobs: dict[str, common.JobResult], p
         f"{f' (max {args.max_steps} steps)' if args.max_steps else ''}, batch {args.batch_size}, lr {args.lr:g}, "
         f"precision {precision}"
     )
-    headers = ["job", "train samples/s", "train s", "wall s", "peak RSS MiB", "accuracy", "eval n"]
+    headers = ["job", "train samples/s", "after compile", "train s", "compile s", "wall s", "peak RSS MiB"]
+    headers += ["accuracy", "eval n"]
     if not args.image:
         headers.append("padding eff.")
     rows = []
@@ -331,7 +345,9 @@ def print_results(args: argparse.Namespace, jobs: dict[str, common.JobResult], p
         row = [
             labels[name] + ("" if job.ok else " FAILED"),
             r.get("train_samples_per_second"),
+            r.get("steady_samples_per_second"),
             r.get("train_seconds"),
+            r.get("compile_seconds"),
             job.wall_seconds,
             round(job.peak_rss_mb),
             f"{r['accuracy']:.4f}" if "accuracy" in r else None,
@@ -342,6 +358,8 @@ def print_results(args: argparse.Namespace, jobs: dict[str, common.JobResult], p
             row.append(f"{r['real_tokens'] / executed:.1%}" if executed else None)
         rows.append(row)
     common.print_table(headers, rows)
+    print(f"  cpu: {common.isa_flags()}")
+    print_compiled_against_eager(jobs)
 
     base = jobs.get("poolft")
     if base is None or not base.result:
@@ -363,6 +381,7 @@ def print_results(args: argparse.Namespace, jobs: dict[str, common.JobResult], p
             ]
         )
     common.print_table(["", "train samples/s", "wall time", "peak RSS", "accuracy"], rows)
+    print(f"  cpu: {common.isa_flags()}")
     for name, job in jobs.items():
         r = job.result
         if "prepare_seconds" in r:
@@ -380,6 +399,22 @@ def print_results(args: argparse.Namespace, jobs: dict[str, common.JobResult], p
         "  differences that remain: head (poolft mean pooler vs the stock CLS head), head learning rate "
         "(poolft 1e-3, Trainer = lr), batch order, poolft's train.fast_kernels (its CPU dropout masks, same p; "
         "clipping folded into the fused AdamW step); poolft also saves a checkpoint and a best/ copy."
+    )
+
+
+def print_compiled_against_eager(jobs: dict[str, common.JobResult]) -> None:
+    """(a') against (a): throughput with and without the compile time, the compile time apart."""
+    eager, compiled = jobs.get("poolft"), jobs.get("poolft-compiled")
+    if eager is None or compiled is None or not eager.result or not compiled.result:
+        return
+    a, c = eager.result, compiled.result
+    speed = a.get("train_samples_per_second")
+    print(
+        f"\n  compiled / eager poolft: train samples/s {common.ratio(c.get('train_samples_per_second'), speed)} "
+        f"with the compile time, {common.ratio(c.get('steady_samples_per_second'), speed)} after it; compile "
+        f"{c.get('compile_seconds') or 0:.1f} s for {c.get('compile_graphs')} graphs; wall time "
+        f"{common.ratio(compiled.wall_seconds, eager.wall_seconds)}; accuracy "
+        f"{common.points(c.get('accuracy'), a.get('accuracy'))} (cpu: {common.isa_flags()})"
     )
 
 
@@ -478,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     if "poolft" in args.jobs:
         jobs["poolft"] = run_poolft(args, workdir)
         precision = jobs["poolft"].result.get("mixed_precision", precision)
+    if "poolft-compiled" in args.jobs:
+        jobs["poolft-compiled"] = run_poolft(args, workdir, name="poolft-compiled")
     for name in ("trainer", "trainer-grouped"):
         if name in args.jobs:
             if args.image and name == "trainer-grouped":

@@ -18,10 +18,18 @@ def encode_split(split: Dataset, preprocessor: Any, task: str, data: DataConfig,
     return cache_pixels(split, preprocessor, data, name)
 
 
-def make_collator(preprocessor: Any, task: str, *, augment: bool = False) -> Any:
-    """Batch builder: dynamic padding for text, normalisation (+augmentation) for images."""
+def make_collator(
+    preprocessor: Any,
+    task: str,
+    *,
+    augment: bool = False,
+    pad_to_multiple_of: int | None = None,
+    max_length: int | None = None,
+) -> Any:
+    """Batch builder: dynamic padding for text (to a multiple of ``pad_to_multiple_of``, at most
+    ``max_length``, when given), normalisation (+augmentation) for images."""
     if task == "text":
-        return TextCollator(preprocessor)
+        return TextCollator(preprocessor, pad_to_multiple_of, max_length)
     return ImageCollator(preprocessor, augment=augment)
 
 

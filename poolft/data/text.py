@@ -64,19 +64,30 @@ class TextCollator:
     the first column (absolute, padding-offset or rotary), so only right padding gives every text
     the positions it has alone. (Left padding is for decoders that generate after the prompt.)
 
+    With ``pad_to_multiple_of`` the batch is padded further, still on the right with attention
+    mask 0, to the next multiple of it, but never past ``max_length`` (the backbone's positions end
+    there): batches then take a few shapes (``train.compile`` compiles one graph per shape).
+
     Returns ``input_ids``/``attention_mask`` (``token_type_ids``) ``(batch, tokens)`` and
     ``labels`` ``(batch,)`` (multi-label: float ``(batch, num_labels)``).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        pad_to_multiple_of: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.max_length = max_length
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(e["input_ids"]) for e in examples)
         if self.pad_to_multiple_of:
             multiple = self.pad_to_multiple_of
-            longest = (longest + multiple - 1) // multiple * multiple
+            rounded = (longest + multiple - 1) // multiple * multiple
+            longest = max(longest, min(rounded, self.max_length or rounded))
         batch: dict[str, torch.Tensor] = {}
         fills = {"input_ids": self.pad_id, "attention_mask": 0, "token_type_ids": 0}
         for key, fill in fills.items():

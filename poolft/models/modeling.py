@@ -314,12 +314,14 @@ def right_padding_order(attention_mask: torch.Tensor | None) -> torch.Tensor | N
     """Per row, the column order that puts the real tokens first (in order) and the padding after.
 
     ``attention_mask`` ``(batch, tokens)`` -> indices ``(batch, tokens)``, or None when every row
-    already has its real tokens first (right padding, no padding, or no 2-D mask).
+    already has its real tokens first (right padding, no padding, or no 2-D mask). Inside
+    ``torch.compile`` (``train.compile``) the order is always returned: checking the padding would
+    split the graph, and the stable sort of right padding is the identity, so the result is the same.
     """
     if attention_mask is None or attention_mask.dim() != 2 or attention_mask.size(1) < 2:
         return None
     padding = (attention_mask == 0).to(torch.int8)
-    if not bool((padding[:, 1:] >= padding[:, :-1]).all()):
+    if torch.compiler.is_compiling() or not bool((padding[:, 1:] >= padding[:, :-1]).all()):
         return torch.sort(padding, dim=1, stable=True).indices
     return None
 

@@ -21,6 +21,7 @@ change (dropout has no parameters and the attention choice is not saved).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -48,19 +49,22 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return uniforms >= keep_level(p) - LEVELS // 2
 
 
-# torch.compile (train.compile) cannot trace the in-place ``random_``: as an opaque op the mask is
-# drawn by the eager code above inside the compiled graph, from the same generator in the same
-# order, so compiled and eager runs drop the same elements. The tag keeps the compiler from merging
-# two draws of one shape or recomputing a draw in the backward pass.
-@torch.library.custom_op("poolft::drop_mask", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
-def drop_mask_like(x: torch.Tensor, p: float) -> torch.Tensor:
-    """:func:`drop_mask` of ``x``'s shape on ``x``'s device, as one op ``torch.compile`` keeps whole."""
+def _drop_mask_of(x: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`drop_mask` of ``x``'s shape on ``x``'s device."""
     return drop_mask(x.shape, p, x.device)
 
 
-@drop_mask_like.register_fake
-def _drop_mask_like_shape(x: torch.Tensor, p: float) -> torch.Tensor:
-    return torch.empty(x.shape, dtype=torch.bool, device=x.device)
+# torch.compile (train.compile) cannot trace the in-place ``random_``: as an opaque op the mask is
+# drawn by the eager code above inside the compiled graph, from the same generator in the same
+# order, so compiled and eager runs drop the same elements. The tag (where custom_op takes tags) keeps
+# the compiler from merging two draws of one shape or recomputing a draw in the backward pass;
+# without it, compiled code draws in place (a graph break per dropout, still correct).
+drop_mask_like = None
+if "tags" in inspect.signature(torch.library.custom_op).parameters:
+    drop_mask_like = torch.library.custom_op(
+        "poolft::drop_mask", _drop_mask_of, mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+    )
+    drop_mask_like.register_fake(lambda x, p: torch.empty(x.shape, dtype=torch.bool, device=x.device))
 
 
 class ScaleAndDrop(torch.autograd.Function):
@@ -90,7 +94,8 @@ def cpu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tenso
         return x
     if level == 0:
         return x * 0.0
-    drop = drop_mask_like(x, p) if torch.compiler.is_compiling() else drop_mask(x.shape, p, x.device)
+    opaque = drop_mask_like is not None and torch.compiler.is_compiling()
+    drop = drop_mask_like(x, p) if opaque else drop_mask(x.shape, p, x.device)
     return ScaleAndDrop.apply(x, drop, LEVELS / level)
 
 
