@@ -65,6 +65,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def data_files_mapping(text: str) -> dict[str, str]:
     """argparse type: a YAML mapping of split name to file path, e.g. ``{validation: b.csv}``."""
     import yaml
@@ -180,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--grid-extensions",
         dest="grid_extensions",
-        type=int,
+        type=non_negative_int,
         default=2,
         help="when the best rate is an end of the grid, try up to this many rates beyond it (0: never)",
     )
@@ -190,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--runs", default="runs/sweeps", help="where the runs' output folders go")
     compare = commands.add_parser(
         "compare",
-        help="which head for your data: every head, 3 seeds, a rate search and 95% intervals (probe track)",
+        help="which head for your data: every head, 3 seeds, a rate search and 95%% intervals (probe track)",
         description="Runs every head that fits the backbone on your config (poolft train's YAML and overrides) and "
         "prints accuracy per head with the 95% paired-bootstrap interval of its difference to the stock head, the "
         "best head and the heads within noise of it. The probe track caches the backbone's states once. Extra "
@@ -200,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--poolers", default=None, help="comma-separated heads (default: every head that fits)")
     compare.add_argument("--seeds", default="0,1,2")
     compare.add_argument("--rates", default=None, help="rates to search per head (default: a grid for the track)")
-    compare.add_argument("--track", choices=["probe", "finetune", "lpft"], default="probe")
+    compare.add_argument("--track", choices=["probe", "finetune", "lpft", "finetune-lpft"], default="probe")
     compare.add_argument("--holdout", type=float, default=0.1, help="share of the training split for the rate search")
-    compare.add_argument("--grid-extensions", dest="grid_extensions", type=int, default=2)
+    compare.add_argument("--grid-extensions", dest="grid_extensions", type=non_negative_int, default=2)
     compare.add_argument("--output", default="runs/compare", help="folder for the runs, results, table and plot")
     report = commands.add_parser("report", help="regenerate recipes/README.md from recipes/results/*.json")
     report.add_argument("--results", default="recipes/results")

@@ -9,6 +9,7 @@ typo or a wrong type is a one-line ``PoolftError``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import importlib.util
 import re
 import types
@@ -709,6 +710,12 @@ def _check_ranges(config: RunConfig) -> None:
     }.items():
         if value is not None and value < 1:
             raise PoolftError(f"{name} must be at least 1 (or null), got {value}")
+    if not 0 <= train.seed < 2**32:
+        raise PoolftError(f"train.seed must be an integer in [0, 2**32), got {train.seed}")
+    if not (math.isfinite(train.head_warmup_epochs) and train.head_warmup_epochs >= 0):
+        raise PoolftError(
+            f"train.head_warmup_epochs must be 0 (off) or a positive number of epochs, got {train.head_warmup_epochs}"
+        )
     if data.holdout_fraction is not None and not 0 < data.holdout_fraction < 1:
         raise PoolftError(f"data.holdout_fraction must be in (0, 1), got {data.holdout_fraction}")
     if train.feature_cache and not train.freeze_backbone:

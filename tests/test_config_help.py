@@ -128,3 +128,18 @@ def test_a_bad_help_request_is_one_line_and_exit_2(capsys, arguments, message):
     assert output == ""
     assert len(error.splitlines()) == 1 and error.startswith("poolft: error: "), error
     assert message in error
+
+
+def test_top_level_help_and_a_bare_backbone_folder(capsys, tiny_bert_dir, quiet_libraries):
+    from poolft.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "predict", "explain", "export", "compare", "sweep", "report"):
+        assert command in out
+    # a backbone folder (BertModel) is not a classifier: predict would use a random head
+    assert main(["predict", "--model", str(tiny_bert_dir), "good film"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a bare backbone (BertModel)" in err, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,12 @@ def load_saved_classifier(folder: str) -> tuple[Any, Any, str]:
         raise PoolftError(
             f"cannot load model {folder} ({_first_line(error)}); pass the output_dir of a finished poolft train run"
         ) from None
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and config.model_type != "poolft" and not any("Classification" in a for a in architectures):
+        raise PoolftError(
+            f"{folder} holds a bare backbone ({architectures[0]}), not a classifier: its head would be random; pass "
+            "the output_dir of a finished poolft train run (or a folder written by poolft export-merged)"
+        )
     task = modality_of(config)
     auto = AutoModelForSequenceClassification if task == "text" else AutoModelForImageClassification
     try:
@@ -76,6 +83,14 @@ def head_parameter_names(model: Any) -> list[str]:
     return [name for name in model.state_dict() if not name.startswith(prefix)]
 
 
+def head_identity(config: Any) -> str:
+    """``"poolft mean {}"`` or ``"stock bert"``: what a head is, to match a saved head to a run's."""
+    if config.model_type == "poolft":
+        options = json.dumps(config.pooler_options, sort_keys=True)  # tuples and lists alike
+        return f"poolft {config.pooler} {options}"
+    return f"stock {config.model_type}"
+
+
 def load_head(model: Any, folder: str, label_names: list[str]) -> list[str]:
     """Copy the head (every weight outside the encoder) of the saved model in ``folder`` into ``model``.
 
@@ -95,7 +110,14 @@ def load_head(model: Any, folder: str, label_names: list[str]) -> list[str]:
             f"model.head_from {folder} holds no saved model (config.json + *.safetensors); pass the output_dir "
             "of a finished poolft train run (e.g. a probe run with the same pooler)"
         )
-    saved_labels = [name for _, name in sorted(AutoConfig.from_pretrained(folder).id2label.items())]
+    saved = AutoConfig.from_pretrained(folder)
+    wanted = getattr(model, "config", None)
+    if wanted is not None and head_identity(saved) != head_identity(wanted):
+        raise PoolftError(
+            f"model.head_from {folder} holds a {head_identity(saved)} head, this run builds a {head_identity(wanted)} "
+            "one; start from a run with the same pooler, options and backbone (or a stock head for a stock head)"
+        )
+    saved_labels = [name for _, name in sorted(saved.id2label.items())]
     if saved_labels != list(label_names):
         raise PoolftError(
             f"model.head_from {folder} was trained on labels {saved_labels[:5]}, this run has {list(label_names)[:5]}; "

@@ -22,9 +22,9 @@ from ..config import RunConfig, load_config
 from ..errors import PoolftError
 from ..pooling import available_poolers
 from .report import budget_lines, grouped, load_results, plot, track_section
-from .sweep import HEAD_VARIANTS, STOCK, Sweep, head_config, known_heads, parse_list
+from .sweep import HEAD_VARIANTS, STOCK, Sweep, head_config, known_heads, parse_list, parse_seeds
 
-TRACKS = {"probe": "probe", "finetune": "finetune", "lpft": "finetune-lpft"}
+TRACKS = {"probe": "probe", "finetune": "finetune", "lpft": "finetune-lpft", "finetune-lpft": "finetune-lpft"}
 #: the rates searched by default: the head's rate on cached states, the backbone's when fine-tuning
 DEFAULT_RATES = {"probe": "1e-3,3e-3,1e-2,3e-2", "finetune": "1e-5,3e-5,1e-4", "finetune-lpft": "1e-5,3e-5,1e-4"}
 TASK = "compare"
@@ -66,8 +66,10 @@ def choose_heads(
 ) -> tuple[list[str], dict[str, str]]:
     """The heads to run and the ones skipped with the reason. Asked-for heads that cannot run are an
     error; by default every head is tried and the ones that do not fit the backbone are skipped."""
-    if requested:
+    if requested is not None:
         heads = parse_list(requested, str)
+        if not heads:
+            raise PoolftError("--poolers is empty; name heads (e.g. stock,mean,attention) or leave it out for all")
         unknown = [head for head in heads if head not in known_heads()]
         if unknown:
             raise PoolftError(f"unknown head(s) {', '.join(unknown)}; choose from {', '.join(known_heads())}")
@@ -120,7 +122,7 @@ def run_compare(
         TASK,
         track,
         heads,
-        parse_list(seeds, int),
+        parse_seeds(seeds),
         parse_list(rates or DEFAULT_RATES[track], float),
         rate_key,
         holdout,

@@ -190,8 +190,11 @@ class Sweep:
             rates = sorted(float(r) for r in search)
             best = max(search, key=lambda r: (search[r], -float(r)))
             step = next_rate(rates, float(best))
-            if step is None:
+            if step is None or len(rates) < 2:
                 break
+            neighbour = rates[1] if float(best) == rates[0] else rates[-2]
+            if search[best] <= search[f"{neighbour:g}"]:
+                break  # tied with the rate inside the grid: the end says nothing about going further
             self.report(f"poolft sweep: {head}: best rate {best} is at the end of the grid; trying {step:g}")
             search[f"{step:g}"] = self.held_out_accuracy(head, step)
         best = max(search, key=lambda r: (search[r], -float(r)))
@@ -242,7 +245,7 @@ class Sweep:
         seed_run = "rate-search" not in result.parts
         if result.is_file():
             record = json.loads(result.read_text())
-            if record.get("run_hash") == identity and (record.get("predictions") or not seed_run):
+            if record.get("run_hash") == identity and ("predictions" in record or not seed_run):
                 if any(record.get(key) != value for key, value in extra.items()):
                     # same run, but the rate search around it grew (e.g. a wider grid): record that
                     write_json(result, {**record, **extra})
@@ -291,8 +294,12 @@ class Sweep:
         examples_file = output_dir / PREDICTIONS_FILE
         if seed_run and examples_file.is_file():
             examples = json.loads(examples_file.read_text(encoding="utf-8"))
-            record["predictions"] = encode_predictions(
-                examples["predictions"], examples["references"], examples["split"]
+            multi_label = bool(examples["predictions"]) and isinstance(examples["predictions"][0], list)
+            # the paired bootstrap compares label ids; multi-label rows (0/1 lists) have no interval yet
+            record["predictions"] = (
+                None
+                if multi_label
+                else encode_predictions(examples["predictions"], examples["references"], examples["split"])
             )
         write_json(result, record)
         return result
@@ -313,6 +320,14 @@ def parse_list(text: str, kind: type) -> list:
         return [kind(item.strip()) for item in text.split(",") if item.strip()]
     except ValueError:
         raise PoolftError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; an empty list or a negative seed is a one-line error."""
+    seeds = parse_list(text, int)
+    if not seeds or any(not 0 <= seed < 2**32 for seed in seeds):
+        raise PoolftError(f"--seeds {text!r} must list one or more seeds in [0, 2**32), e.g. 0,1,2")
+    return seeds
 
 
 def track_of(config: RunConfig) -> str:
@@ -354,7 +369,7 @@ def run_sweep(
         task,
         track,
         head_names,
-        parse_list(seeds, int),
+        parse_seeds(seeds),
         parse_list(rates or "", float),
         rate_key,
         holdout,

@@ -481,3 +481,25 @@ def test_a_best_rate_at_an_end_of_the_grid_grows_the_grid(tmp_path, tiny_bert_di
     rate, search = sweep.choose_rate("mean")
     assert tried == [1e-3, 1e-2, 0.1, 1.0]  # two steps up the grid, the second one past the peak
     assert rate == 0.1 and set(search) == {"0.001", "0.01", "0.1", "1"}
+
+
+def test_a_tie_at_the_end_of_the_grid_does_not_grow_it(tmp_path, tiny_bert_dir, monkeypatch):
+    from poolft.recipes.sweep import Sweep
+
+    sweep = Sweep(
+        load_config(recipe(tmp_path, tiny_bert_dir, probe=True)),
+        "tiny",
+        "probe",
+        ["mean"],
+        [0],
+        [1e-3, 1e-2, 1e-1],
+        "train.head_learning_rate",
+        0.1,
+        tmp_path / "results",
+        tmp_path / "runs",
+        report=lambda message: None,
+    )
+    tried = []
+    monkeypatch.setattr(sweep, "held_out_accuracy", lambda head, rate: tried.append(rate) or 0.615)
+    rate, search = sweep.choose_rate("mean")
+    assert tried == [1e-3, 1e-2, 1e-1] and rate == 1e-3  # every rate tied: no evidence to go past 1e-3

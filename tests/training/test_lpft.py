@@ -176,3 +176,43 @@ def test_head_from_another_pooler_is_one_line(tmp_path, tiny_bert_dir, capsys, q
     assert main(["train", *attention]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "same pooler" in err, err
+
+
+def test_head_from_another_kind_of_head_is_one_line(tmp_path, tiny_bert_dir, capsys, quiet_libraries):
+    """Same shapes are not enough: a mean head's classifier must not start a max head or a stock head."""
+    probe_dir = tmp_path / "probe"
+    probe = text_overrides(tmp_path, tiny_bert_dir, probe_dir, "--train.freeze_backbone=true", "--model.pooler=mean")
+    assert main(["train", *probe]) == 0
+    capsys.readouterr()
+    for index, other in enumerate(("--model.pooler=max", "--model.stock_head=true")):
+        output = tmp_path / f"ft{index}"
+        arguments = text_overrides(tmp_path, tiny_bert_dir, output, f"--model.head_from={probe_dir}", other)
+        assert main(["train", *arguments]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "holds a poolft mean" in err, err
+
+
+def test_lpft_with_lora_merged_at_the_end(tmp_path, tiny_bert_dir):
+    output = tmp_path / "lora-lpft"
+    config = load_config(
+        None,
+        text_overrides(
+            tmp_path,
+            tiny_bert_dir,
+            output,
+            "--train.head_warmup_epochs=1",
+            "--model.lora={}",
+            "--train.merge_lora_at_end=true",
+            "--train.max_steps=3",
+        ),
+    )
+    train(config)
+    assert (output / "merged" / "config.json").is_file() and (output / "head_warmup" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("value", ["-1", ".nan"])
+def test_head_warmup_epochs_must_be_zero_or_positive(value):
+    from poolft.errors import PoolftError
+
+    with pytest.raises(PoolftError, match="head_warmup_epochs must be 0"):
+        load_config(None, [f"--train.head_warmup_epochs={value}"])
