@@ -9,8 +9,8 @@ typo or a wrong type is a one-line ``PoolftError``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import importlib.util
+import math
 import re
 import types
 import typing
