@@ -2,8 +2,9 @@
 and saves plain Hugging Face models; ``data.pad_to_multiple_of`` pads on the right with mask 0.
 
 Compiling takes tens of seconds on a small CPU, so the default tests share three short runs on one
-batch shape (every batch padded to ``data.max_length``: one graph). The longer checks (50 steps,
-bf16 autocast, two processes) are marked slow: ``python -m pytest -m slow tests/training/test_compile.py``.
+batch shape (every batch padded to ``data.max_length``: one graph), plus one compiled run on two
+processes. The 50-step comparison in fp32 and bf16 (minutes of compiling on a small CPU) is left to
+a benchmark script, not the default suite.
 """
 
 from __future__ import annotations
@@ -57,11 +58,6 @@ def logged_losses(run: Path) -> list[float]:
 
 class SimulatedCrash(RuntimeError):
     pass
-
-
-def slow_only(request: pytest.FixtureRequest) -> None:
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("compiles for minutes on a small CPU: run with -m slow")
 
 
 @pytest.fixture(scope="module")
@@ -169,21 +165,7 @@ def test_compile_pads_to_multiples_of_16_and_budgets_a_graph_per_length():
     assert graph_budget(128, 16) == 18  # 8 lengths, each for a full and a short batch, + 2
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", ["no", "bf16"])
-def test_compiled_losses_stay_within_tolerance_of_eager_over_50_steps(tmp_path, one_layer_bert, precision, request):
-    slow_only(request)
-    common = ("--train.max_steps=50", f"--train.mixed_precision={precision}", "--train.save_every_steps=100")
-    train(load_config(None, run_arguments(tmp_path, one_layer_bert, "eager", *common)))
-    train(load_config(None, run_arguments(tmp_path, one_layer_bert, "compiled", *common, "--train.compile=true")))
-    eager, compiled = logged_losses(tmp_path / "eager"), logged_losses(tmp_path / "compiled")
-    tolerance = {"no": (1e-3, 1e-4), "bf16": (5e-2, 1e-2)}[precision]
-    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=tolerance[0], atol=tolerance[1])
-
-
-@pytest.mark.slow
-def test_compiled_run_on_two_processes_trains(tmp_path, one_layer_bert, request):
-    slow_only(request)
+def test_compiled_run_on_two_processes_trains(tmp_path, one_layer_bert):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [
         sys.executable,
