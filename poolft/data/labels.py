@@ -44,7 +44,7 @@ def is_multi_label(config: DataConfig, split: Dataset, split_name: str) -> bool:
             raise PoolftError(
                 f"column {config.label_column!r} of split {split_name!r} mixes lists and single labels (row "
                 f"{rows[0] + 1} holds a list, row {rows[1] + 1} holds "
-                f"{value if not first_is_list else split[first_row][config.label_column]!r}); write every row's "
+                f"{value if first_is_list else split[first_row][config.label_column]!r}); write every row's "
                 'labels as a list (e.g. ["sports"]) for multi-label data, or one label per row'
             )
     return bool(first_is_list)

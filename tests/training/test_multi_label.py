@@ -284,6 +284,7 @@ def test_a_column_mixing_lists_and_single_labels_is_a_one_line_error(tmp_path, t
     assert main(train_args(files, tiny_bert_dir, tmp_path / "run")) == 2
     line = one_line_error(capsys)
     assert "row 3" in line and "'label'" in line and "mixes lists and single labels" in line
+    assert "row 3 holds 'pets'" in line  # the single label named is the one in row 3
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
