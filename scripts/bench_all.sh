@@ -89,8 +89,12 @@ run_section fast_kernels "Fast kernels: CPU dropout and folded clipping vs torch
     "$PYTHON" scripts/bench_fast_kernels.py "${FLAGS[@]}"
 run_section compile "train.compile: eager vs compiled steps, dropout under inductor, graphs (bench_compile.py)" \
     "$PYTHON" scripts/bench_compile.py "${FLAGS[@]}"
-run_section inference "Inference: poolft predict / eval vs transformers.pipeline (bench_inference.py)" \
-    "$PYTHON" scripts/bench_inference.py "${FLAGS[@]}"
+INFERENCE_MODEL=()
+if [[ -f "$WORK/train/text/poolft/metrics.json" ]]; then
+    INFERENCE_MODEL=(--model-dir "$WORK/train/text/poolft")  # bench_train's trained SST-2 model: accuracy means something
+fi
+run_section inference "Inference: poolft predict / eval / ONNX Runtime vs transformers.pipeline (bench_inference.py)" \
+    "$PYTHON" scripts/bench_inference.py "${FLAGS[@]}" "${INFERENCE_MODEL[@]}"
 PROBE_FLAGS=()
 [[ $MODE == quick ]] && PROBE_FLAGS=(--quick)  # no --threads: its uncached runs give the backbone every core
 run_section probe "Probe track: cached five-head sweep vs uncached runs (bench_probe_sweep.py)" \
