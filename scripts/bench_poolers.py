@@ -189,10 +189,18 @@ WINDOW_VARIANTS = [
 ]
 
 
-def head_variants(image: bool) -> list[tuple[str, str, dict]]:
-    """``(label, head, options)``: every head with the defaults, then the window variants."""
+def head_variants(image: bool, grid_size: tuple[int, int] | None = None) -> list[tuple[str, str, dict]]:
+    """``(label, head, options)``: every head with the defaults, then the window variants.
+
+    ``flatten`` (a linear map's input of every patch token) needs the image's patch grid: it is
+    timed on images at ``grid_size`` and left out of the text rows (text has no fixed length).
+    """
     variants = []
     for name in available_poolers():
+        if name == "flatten":
+            if image and grid_size is not None:
+                variants.append(("flatten", name, {"grid_size": list(grid_size)}))
+            continue
         options = head_options(name, image)
         variants.append((name + ("(grid)" if options.get("grid") else ""), name, options))
     for label, text_options, image_options in WINDOW_VARIANTS:
@@ -220,7 +228,7 @@ def bench_heads(
     device: torch.device,
 ) -> list[tuple[str, Timing]]:
     results = []
-    for label, name, options in head_variants(image):
+    for label, name, options in head_variants(image, pool_kwargs.get("grid_size")):
         torch.manual_seed(0)
         head = build_pooler(name, hidden, **options).to(device).train()
         step = head_step(head, states, mask, device, args.bf16, **pool_kwargs)
