@@ -179,7 +179,7 @@ class DataConfig:
         default=None,
         metadata={
             "help": "pad text batches on the right to a multiple of this many tokens (at most max_length), so "
-            "batches take a few shapes; None: to the batch's longest text (16 with train.compile)"
+            "batches take a few shapes; None: to the batch's longest text"
         },
     )
     image_size: int | None = field(
@@ -400,8 +400,8 @@ class TrainConfig:
     compile: bool = field(
         default=False,
         metadata={
-            "help": "run the training forward and backward through torch.compile (inductor, static shapes; "
-            "text batches padded to data.pad_to_multiple_of, default 16); evaluation stays eager"
+            "help": "run the training forward and backward through torch.compile (inductor; the token axis of "
+            "text batches dynamic, one graph for every length); evaluation stays eager"
         },
     )
 

@@ -5,9 +5,10 @@ SST-2 training sentences from ``../shared/data/sst2``, 1 epoch, batch 32, lr 5e-
 then accuracy on the full 872-sentence validation split:
 
   (a) ``poolft train`` (the CLI; mean pooler, ``train.mixed_precision auto``, length-grouped batches);
-  (a') the same with ``--train.compile true`` (torch.compile, inductor; text batches padded to
-      multiples of 16): its compile time (the wall time of the batches that compiled a graph) is
-      shown apart, with the train samples/s of the batches that compiled nothing;
+  (a') the same with ``--train.compile true`` (torch.compile, inductor; the token axis dynamic, text
+      batches padded to their longest text as eager): its compile time (the wall time of the batches
+      that compiled a graph) is shown apart, with the train samples/s of the batches that compiled
+      nothing;
   (b) ``Trainer`` + ``AutoModelForSequenceClassification`` (the stock CLS/pooler head), default
       random sampler, ``DataCollatorWithPadding`` (dynamic padding), no evaluation or checkpoints
       during training, ``report_to="none"``, the final model saved as a user would;
@@ -267,9 +268,7 @@ def run_poolft(
         if not args.image:
             try:
                 stats = common.poolft_batches(out)
-                executed = stats.executed_tokens
-                if compiled:  # batches padded to multiples of 16, at most max_length
-                    executed = sum(len(b) * min(-(-max(b) // 16) * 16, args.max_length) for b in stats.batches)
+                executed = stats.executed_tokens  # compiled or not: padded to each batch's longest text
                 job.result.update(real_tokens=stats.real_tokens, executed_tokens=executed)
             except Exception as error:  # the padding column is a bonus; never lose the run over it
                 print(f"  (could not rebuild poolft's batches: {type(error).__name__}: {error})")

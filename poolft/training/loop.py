@@ -62,6 +62,7 @@ from .compilation import (
     compile_limits,
     eager_forward,
     graph_budget,
+    mark_token_axis_dynamic,
     padding_multiple,
     settle_problem_type,
 )
@@ -359,8 +360,7 @@ def make_loaders(
     eval_lengths = eval_lengths or [0] * len(inputs.eval_set)
     eval_batches = FixedBatches(length_sorted_batches(eval_lengths, config.train.eval_batch_size))
     common = {"num_workers": config.data.num_workers, "seed": config.train.seed}
-    # train.compile: training batches take a few padded lengths, one compiled graph each
-    multiple = padding_multiple(config.data.pad_to_multiple_of, config.train.compile)
+    multiple = padding_multiple(config.data.pad_to_multiple_of)
     max_length = config.data.max_length
     train_collator = run_collator(
         inputs, augment=config.data.augment, pad_to_multiple_of=multiple, max_length=max_length
@@ -480,7 +480,7 @@ class StepLog:
 def train(config: RunConfig) -> dict[str, Any]:
     """Run one training job; returns the metrics written to ``metrics.json``."""
     threads = torch.get_num_threads()
-    multiple = padding_multiple(config.data.pad_to_multiple_of, config.train.compile)
+    multiple = padding_multiple(config.data.pad_to_multiple_of)
     limits = compile_limits(graph_budget(config.data.max_length, multiple)) if config.train.compile else nullcontext()
     try:
         with limits:
@@ -539,6 +539,7 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         settle_problem_type(inputs.model.config, inputs.multi_label)
         compile_in_place(accelerator_free(model))
         compile_stats = CompileStats()
+    dynamic_tokens = config.train.compile and inputs.task == "text" and not inputs.cached
     state = TrainerState()
     if config.train.resume_from_checkpoint:
         state = resume(accelerator, output_dir, config.train.resume_from_checkpoint, ema) or state
@@ -565,6 +566,8 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         step_started = time.perf_counter()
         for batch in loader:
             weights, batch_rows = batch.pop(ROW_WEIGHTS), batch.pop(BATCH_ROWS)
+            if dynamic_tokens:  # train.compile: one graph for every batch length
+                mark_token_axis_dynamic(batch)
             batch_started, graphs_before = time.perf_counter(), CompileStats.compiled_graphs()
             with accelerator.accumulate(model):
                 outputs = model(**batch) if own_loss else model(**without_labels(batch))

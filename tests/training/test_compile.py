@@ -26,7 +26,7 @@ import poolft
 import poolft.training.loop
 from poolft.config import load_config
 from poolft.data.text import TextCollator
-from poolft.training.compilation import graph_budget, padding_multiple
+from poolft.training.compilation import graph_budget, mark_token_axis_dynamic, padding_multiple
 from poolft.training.loop import train
 
 MAX_LENGTH = 24  # the sentiment sentences are shorter: padded to 24, every batch has one shape
@@ -158,11 +158,56 @@ def test_padding_to_a_multiple_stays_on_the_right_with_mask_zero(tiny_bert_dir, 
         )  # a mask-correct head ignores the extra padding
 
 
-def test_compile_pads_to_multiples_of_16_and_budgets_a_graph_per_length():
-    assert padding_multiple(None, compile_model=True) == 16
-    assert padding_multiple(None, compile_model=False) is None
-    assert padding_multiple(8, compile_model=False) == 8
+def test_compile_adds_no_padding_and_budgets_a_graph_per_length():
+    assert padding_multiple(None) is None  # the compiled token axis is dynamic: no padding needed
+    assert padding_multiple(8) == 8
     assert graph_budget(128, 16) == 18  # 8 lengths, each for a full and a short batch, + 2
+    assert graph_budget(64, None) == 130  # where dynamo specialises the token axis: one per length
+
+
+def test_token_axis_is_marked_dynamic_on_text_inputs_only():
+    batch = {"input_ids": torch.zeros(2, 5), "attention_mask": torch.ones(2, 5), "labels": torch.zeros(2, 3)}
+    mark_token_axis_dynamic(batch)
+    assert 1 in getattr(batch["input_ids"], "_dynamo_weak_dynamic_indices", set())
+    assert 1 in getattr(batch["attention_mask"], "_dynamo_weak_dynamic_indices", set())
+    assert not getattr(batch["labels"], "_dynamo_weak_dynamic_indices", set())  # multi-hot labels keep their shape
+
+
+def test_compiled_run_over_many_batch_lengths_compiles_one_graph_and_tracks_eager(
+    tmp_path, one_layer_bert, monkeypatch
+):
+    """No ``pad_to_multiple_of``: batches keep their own longest length (several lengths), the
+    compiled run pads as the eager one does, so it draws the same dropout masks and its losses
+    track eager's; the dynamic token axis serves every length with one graph."""
+    files = write_sentiment_csv(tmp_path / "data", train_size=96, eval_size=16)
+    common = [
+        f"--data.data_files={json.dumps(files)}",
+        "--data.text_column=text",
+        "--data.max_length=64",
+        f"--model.backbone={one_layer_bert}",
+        "--train.batch_size=8",
+        "--train.max_steps=8",
+        "--train.learning_rate=1e-3",
+        "--train.mixed_precision=no",
+        "--train.progress=false",
+        "--train.torch_threads=1",
+        "--train.save_at_end=false",
+    ]
+    train(load_config(None, [*common, f"--train.output_dir={tmp_path / 'eager'}"]))
+    lengths = []
+
+    def record_and_mark(batch):
+        lengths.append(batch["input_ids"].shape[1])
+        mark_token_axis_dynamic(batch)
+
+    monkeypatch.setattr(poolft.training.loop, "mark_token_axis_dynamic", record_and_mark)
+    metrics = train(load_config(None, [*common, f"--train.output_dir={tmp_path / 'compiled'}", "--train.compile=true"]))
+    assert len(lengths) == 8 and len(set(lengths)) >= 3, lengths  # the batches really have several lengths
+    eager, compiled = logged_losses(tmp_path / "eager"), logged_losses(tmp_path / "compiled")
+    assert len(eager) == len(compiled) == 8
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-4, atol=1e-5)
+    assert 1 <= metrics["compile"]["graphs"] <= 2, metrics["compile"]
+    assert metrics["compile"]["steps"] <= 2  # the other steps, at other lengths, reused the graph
 
 
 def test_compiled_run_on_two_processes_trains(tmp_path, one_layer_bert):
