@@ -31,11 +31,16 @@ TASK = "compare"
 
 
 def track_config(base: RunConfig, track: str) -> RunConfig:
-    """``base`` set up for ``track``: probe = frozen backbone with its states cached; finetune = the
-    whole model; finetune-lpft = the head first on cached states (1 epoch unless the config says)."""
+    """``base`` set up for ``track``: probe = frozen backbone with its states cached (and one training
+    thread unless ``train.torch_threads`` is set); finetune = the whole model; finetune-lpft = the
+    head first on cached states (1 epoch unless the config says)."""
     config = copy.deepcopy(base)
     probe = track == "probe"
     config.train.freeze_backbone = config.train.feature_cache = probe
+    if probe and config.train.torch_threads is None:
+        # a head on cached states runs small ops: one thread avoids OpenMP barrier stalls (the probe
+        # recipes pin the same); the cache itself is still built with every core
+        config.train.torch_threads = 1
     if track == "finetune-lpft":
         config.train.head_warmup_epochs = config.train.head_warmup_epochs or 1.0
     else:

@@ -121,3 +121,16 @@ def test_compare_runs_image_heads_on_a_folder_of_images(tmp_path, tiny_vit_dir, 
     assert "| flatten |" in out and "| window-sliding |" in out
     record = json.loads((tmp_path / "out" / "results" / "compare" / "probe" / "window-sliding-seed0.json").read_text())
     assert record["pooler_options"]["mode"] == "sliding" and record["pooler_options"]["grid"] is True
+
+
+def test_probe_heads_train_on_one_thread_unless_the_config_says():
+    from poolft.config import RunConfig
+    from poolft.recipes.compare import track_config
+
+    base = RunConfig()
+    assert track_config(base, "probe").train.torch_threads == 1
+    assert track_config(base, "finetune").train.torch_threads is None
+    assert track_config(base, "finetune-lpft").train.torch_threads is None
+    base.train.torch_threads = 2
+    assert track_config(base, "probe").train.torch_threads == 2  # the user's setting wins
+    assert base.train.torch_threads == 2  # and the base config is not changed
