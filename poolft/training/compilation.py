@@ -44,14 +44,6 @@ from ..errors import PoolftError
 TOKEN_AXIS_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def padding_multiple(pad_to_multiple_of: int | None) -> int | None:
-    """The multiple text training batches are padded to: ``data.pad_to_multiple_of`` (None: none).
-
-    A compiled run needs none: its token axis is dynamic (``mark_token_axis_dynamic``).
-    """
-    return pad_to_multiple_of
-
-
 def mark_token_axis_dynamic(batch: dict[str, torch.Tensor]) -> None:
     """Mark axis 1 (tokens) of a text batch's ``input_ids``/``attention_mask``/``token_type_ids``
     dynamic, so one compiled graph serves every batch length.

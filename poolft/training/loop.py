@@ -63,7 +63,6 @@ from .compilation import (
     eager_forward,
     graph_budget,
     mark_token_axis_dynamic,
-    padding_multiple,
     settle_problem_type,
 )
 from .cpu_dropout import use_cpu_dropout
@@ -360,15 +359,12 @@ def make_loaders(
     eval_lengths = eval_lengths or [0] * len(inputs.eval_set)
     eval_batches = FixedBatches(length_sorted_batches(eval_lengths, config.train.eval_batch_size))
     common = {"num_workers": config.data.num_workers, "seed": config.train.seed}
-    multiple = padding_multiple(config.data.pad_to_multiple_of)
-    max_length = config.data.max_length
+    multiple, max_length = config.data.pad_to_multiple_of, config.data.max_length
     train_collator = run_collator(
         inputs, augment=config.data.augment, pad_to_multiple_of=multiple, max_length=max_length
     )
     train_loader = sharded_loader(inputs.train_set, train_sampler, train_collator, num_processes, **common)
-    eval_collator = run_collator(
-        inputs, augment=False, pad_to_multiple_of=config.data.pad_to_multiple_of, max_length=max_length
-    )
+    eval_collator = run_collator(inputs, augment=False, pad_to_multiple_of=multiple, max_length=max_length)
     eval_loader = sharded_loader(inputs.eval_set, eval_batches, eval_collator, num_processes, **common)
     return train_loader, eval_loader, train_sampler
 
@@ -480,8 +476,8 @@ class StepLog:
 def train(config: RunConfig) -> dict[str, Any]:
     """Run one training job; returns the metrics written to ``metrics.json``."""
     threads = torch.get_num_threads()
-    multiple = padding_multiple(config.data.pad_to_multiple_of)
-    limits = compile_limits(graph_budget(config.data.max_length, multiple)) if config.train.compile else nullcontext()
+    budget = graph_budget(config.data.max_length, config.data.pad_to_multiple_of)
+    limits = compile_limits(budget) if config.train.compile else nullcontext()
     try:
         with limits:
             if config.train.head_warmup_epochs > 0:

@@ -26,7 +26,7 @@ import poolft
 import poolft.training.loop
 from poolft.config import load_config
 from poolft.data.text import TextCollator
-from poolft.training.compilation import graph_budget, mark_token_axis_dynamic, padding_multiple
+from poolft.training.compilation import graph_budget, mark_token_axis_dynamic
 from poolft.training.loop import train
 
 MAX_LENGTH = 24  # the sentiment sentences are shorter: padded to 24, every batch has one shape
@@ -158,9 +158,7 @@ def test_padding_to_a_multiple_stays_on_the_right_with_mask_zero(tiny_bert_dir, 
         )  # a mask-correct head ignores the extra padding
 
 
-def test_compile_adds_no_padding_and_budgets_a_graph_per_length():
-    assert padding_multiple(None) is None  # the compiled token axis is dynamic: no padding needed
-    assert padding_multiple(8) == 8
+def test_compile_budgets_a_graph_per_length():
     assert graph_budget(128, 16) == 18  # 8 lengths, each for a full and a short batch, + 2
     assert graph_budget(64, None) == 130  # where dynamo specialises the token axis: one per length
 
