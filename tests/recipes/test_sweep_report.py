@@ -51,6 +51,26 @@ def count_trainings(monkeypatch) -> list[str]:
     return calls
 
 
+def mean_probe_sweep(tmp_path, backbone, rates: list[float]):
+    """A one-head (mean), one-seed probe sweep over ``rates`` whose messages are dropped."""
+    from poolft.recipes.sweep import Sweep
+
+    config = load_config(recipe(tmp_path, backbone, probe=True))
+    return Sweep(
+        config,
+        "tiny",
+        "probe",
+        ["mean"],
+        [0],
+        rates,
+        "train.head_learning_rate",
+        0.1,
+        tmp_path / "results",
+        tmp_path / "runs",
+        report=lambda message: None,
+    )
+
+
 def test_sweep_runs_grid_with_rate_search_then_skips_and_resumes(tmp_path, tiny_bert_dir, monkeypatch):
     config = recipe(tmp_path, tiny_bert_dir, probe=True)
     results, runs = tmp_path / "results", tmp_path / "runs"
@@ -454,23 +474,11 @@ def test_rate_line_names_the_shared_grid_and_each_head_s_extension():
 
 
 def test_a_best_rate_at_an_end_of_the_grid_grows_the_grid(tmp_path, tiny_bert_dir, monkeypatch):
-    from poolft.recipes.sweep import Sweep, next_rate
+    from poolft.recipes.sweep import next_rate
 
     assert next_rate([1e-3, 1e-2], 1e-2) == 0.1 and next_rate([1e-3, 1e-2], 1e-3) == 1e-4
     assert next_rate([1e-3, 3e-3, 1e-2], 3e-3) is None and next_rate([1e-3], 1e-3) is None
-    sweep = Sweep(
-        load_config(recipe(tmp_path, tiny_bert_dir, probe=True)),
-        "tiny",
-        "probe",
-        ["mean"],
-        [0],
-        [1e-3, 1e-2],
-        "train.head_learning_rate",
-        0.1,
-        tmp_path / "results",
-        tmp_path / "runs",
-        report=lambda message: None,
-    )
+    sweep = mean_probe_sweep(tmp_path, tiny_bert_dir, [1e-3, 1e-2])
     tried = []
 
     def held_out(head, rate):  # held-out accuracy peaks at 0.3, beyond the grid
@@ -484,21 +492,7 @@ def test_a_best_rate_at_an_end_of_the_grid_grows_the_grid(tmp_path, tiny_bert_di
 
 
 def test_a_tie_at_the_end_of_the_grid_does_not_grow_it(tmp_path, tiny_bert_dir, monkeypatch):
-    from poolft.recipes.sweep import Sweep
-
-    sweep = Sweep(
-        load_config(recipe(tmp_path, tiny_bert_dir, probe=True)),
-        "tiny",
-        "probe",
-        ["mean"],
-        [0],
-        [1e-3, 1e-2, 1e-1],
-        "train.head_learning_rate",
-        0.1,
-        tmp_path / "results",
-        tmp_path / "runs",
-        report=lambda message: None,
-    )
+    sweep = mean_probe_sweep(tmp_path, tiny_bert_dir, [1e-3, 1e-2, 1e-1])
     tried = []
     monkeypatch.setattr(sweep, "held_out_accuracy", lambda head, rate: tried.append(rate) or 0.615)
     rate, search = sweep.choose_rate("mean")
