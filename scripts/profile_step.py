@@ -32,18 +32,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as common  # noqa: E402
+import bench_compile  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-QUICK_SHAPE = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128}
-WORDS = [f"w{i}" for i in range(2000)]
+WORDS = bench_compile.WORDS
 GROUPS = ("matmul", "attention", "casts", "element-wise", "fused", "optimizer", "other")
 MATMUL = (
     "aten::mm",
@@ -105,21 +104,14 @@ def matmul_peak(size: int, dtype: torch.dtype) -> float:
 
 
 def build(args: argparse.Namespace):
+    """``bench_compile.build_model`` (the same random MiniLM-shaped BERT, mean head, poolft's CPU
+    dropout), with poolft's optimizer and an Accelerator for the clipped step."""
     from accelerate import Accelerator
 
-    import poolft
     from poolft.config import TrainConfig
-    from poolft.training.cpu_dropout import use_cpu_dropout
     from poolft.training.optim import build_optimizer
 
-    if not hasattr(args, "backbone"):
-        shape = QUICK_SHAPE if args.quick else common.MINILM_SHAPE
-        args.backbone = common.random_bert(Path(tempfile.mkdtemp(prefix="profile-step-")), shape, WORDS)
-    torch.manual_seed(0)
-    model = poolft.PoolftForSequenceClassification.from_backbone(str(args.backbone), pooler="mean", num_labels=2)
-    model.config.problem_type = "single_label_classification"
-    use_cpu_dropout(model)
-    model.train()
+    model = bench_compile.build_model(args, fast_kernels=True)
     return model, build_optimizer(model, TrainConfig()), Accelerator(cpu=True)
 
 
