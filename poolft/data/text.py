@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import marshal
 from typing import Any
 
+import tokenizers
 import torch
+import transformers
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -50,7 +55,52 @@ def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, config: D
         # "null": every value is missing (read as empty texts, like single missing ones)
         if getattr(value, "dtype", "string") not in ("string", "large_string", "null"):
             raise PoolftError(f"text column {column!r} holds {value}, not text; set data.text_column to a text column")
-    return split.map(tokenize, batched=True, remove_columns=remove, desc=f"tokenize ({name})")
+    fingerprint = tokenized_fingerprint(split, tokenizer, [tokenize, _as_text], [columns, max_length, remove])
+    return split.map(
+        tokenize, batched=True, remove_columns=remove, desc=f"tokenize ({name})", new_fingerprint=fingerprint
+    )
+
+
+def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
+    """What of a fast tokenizer decides its token ids, as JSON-ready values (None for a slow one).
+
+    The sha256 of the backend's serialised vocabulary, normaliser, pre-tokeniser and post-processor,
+    without the truncation and padding state each call resets; the Python-side class, init
+    arguments and truncation side.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    pipeline = json.loads(backend.to_str())
+    pipeline.pop("truncation", None)
+    pipeline.pop("padding", None)
+    # tokenizers serialises in a fixed order: no sort_keys (30 times slower on a 30,000-word vocabulary)
+    return {
+        "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+        "backend_sha256": hashlib.sha256(json.dumps(pipeline).encode()).hexdigest(),
+        "init": json.loads(json.dumps(tokenizer.init_kwargs, sort_keys=True, default=str)),
+        "truncation_side": tokenizer.truncation_side,
+        "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
+    }
+
+
+def tokenized_fingerprint(
+    split: Dataset, tokenizer: PreTrainedTokenizerBase, functions: list[Any], settings: list[Any]
+) -> str | None:
+    """The ``datasets`` fingerprint of ``split`` tokenized by ``functions`` (their code) with ``tokenizer``.
+
+    ``datasets`` would hash the tokenizer with dill, about 0.7 s for MiniLM's on every run of a
+    sweep; this hashes the same facts in milliseconds. None (``datasets`` hashes as usual) for a
+    slow tokenizer, whose Python state this cannot summarise.
+    """
+    identity = tokenizer_identity(tokenizer)
+    if identity is None:
+        return None
+    digest = hashlib.sha256(split._fingerprint.encode())
+    digest.update(json.dumps({"tokenizer": identity, "settings": settings}, sort_keys=True).encode())
+    for function in functions:
+        digest.update(marshal.dumps(function.__code__))
+    return digest.hexdigest()[:32]
 
 
 def _as_text(value: Any) -> str:

@@ -15,6 +15,7 @@ It is only a cache: the key never enters a run's config, results or identity.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,14 +42,24 @@ CACHE_FORMAT = 2
 
 
 def weights_digest(folder: str) -> str:
-    """sha256 of the backbone's weight file(s) (or of its name when it is not a local folder)."""
-    digest = hashlib.sha256()
+    """sha256 of the backbone's weight file(s) (or of its name when it is not a local folder).
+
+    Hashed once per process for files of the same path, size and modification time (a sweep
+    records the digest with every run).
+    """
     files = (
         sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.bin")) if Path(folder).is_dir() else []
     )
-    if not files:
+    stamps = tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    return _files_digest(folder, stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _files_digest(folder: str, stamps: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    if not stamps:
         digest.update(folder.encode())
-    for path in files:
+    for path, _, _ in stamps:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)

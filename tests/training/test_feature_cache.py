@@ -273,3 +273,17 @@ def test_fp32_run_after_bf16_run_caches_fp32_states(tiny_bert_dir, tmp_path):
     assert fp32.shape == bf16.shape == expected.shape
     np.testing.assert_allclose(fp32, expected, rtol=1e-5, atol=1e-5)
     assert np.abs(bf16 - expected).max() > 1e-3  # what reusing the bf16 cache would have given
+
+
+def test_weights_digest_is_the_files_sha256_and_follows_a_rewrite(tmp_path):
+    import hashlib
+
+    folder = tmp_path / "backbone"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"first weights")
+    expected = hashlib.sha256(b"first weights").hexdigest()
+    assert feature_cache.weights_digest(str(folder)) == expected
+    assert feature_cache.weights_digest(str(folder)) == expected  # the second call is remembered
+    (folder / "model.safetensors").write_bytes(b"other weights, longer")
+    assert feature_cache.weights_digest(str(folder)) == hashlib.sha256(b"other weights, longer").hexdigest()
+    assert feature_cache.weights_digest("org/name-on-the-hub") == hashlib.sha256(b"org/name-on-the-hub").hexdigest()

@@ -1,0 +1,86 @@
+"""``tokenize_split``'s own ``datasets`` fingerprint: a cached tokenization is reused only when the
+tokenizer, its settings and the data would give the same token ids.
+
+Every expected value is the tokenizer called directly on the texts, not poolft's output.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from transformers import AutoTokenizer, BertTokenizer
+
+from poolft.config import DataConfig
+from poolft.data.sources import load_splits
+from poolft.data.text import tokenize_split, tokenized_fingerprint, tokenizer_identity
+
+TEXTS = ["The Movie was GREAT", "Loved it, truly loved it", "not my kind of film at all, sadly", "Fine"]
+
+
+@pytest.fixture()
+def disk_split(tmp_path):
+    """A training split backed by a parquet file, so ``datasets.map`` caches its results on disk."""
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"text": TEXTS, "label": [1, 1, 0, 1]}).to_parquet(path)
+    splits = load_splits(DataConfig(data_files={"train": str(path), "validation": str(path)}, text_column="text"))
+    return splits.train
+
+
+def direct_ids(tokenizer, max_length: int) -> list[list[int]]:
+    return tokenizer(TEXTS, truncation=True, max_length=max_length)["input_ids"]
+
+
+def save_bert_tokenizer(folder, vocab: list[str], lower: bool):
+    BertTokenizer(vocab=dict((t, i) for i, t in enumerate(vocab)), do_lower_case=lower).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "loved", "it", ","]
+VOCAB += ["truly", "not", "my", "kind", "of", "film", "at", "all", "sadly", "fine", "Movie", "GREAT", "The"]
+
+
+def test_the_second_run_reuses_the_cached_tokenization(disk_split, tmp_path):
+    first = save_bert_tokenizer(tmp_path / "tok", VOCAB, lower=True)
+    data = DataConfig(text_column="text", max_length=8)
+    encoded = tokenize_split(disk_split, first, data, "train")
+    again = tokenize_split(disk_split, AutoTokenizer.from_pretrained(tmp_path / "tok"), data, "train")
+    assert encoded.cache_files and again.cache_files == encoded.cache_files
+    assert again["input_ids"] == direct_ids(first, 8)
+
+
+@pytest.mark.parametrize("change", ["max_length", "lowercasing", "vocabulary", "truncation_side"])
+def test_anything_that_changes_the_token_ids_misses_the_cache(disk_split, tmp_path, change):
+    base = save_bert_tokenizer(tmp_path / "tok", VOCAB, lower=True)
+    before = tokenize_split(disk_split, base, DataConfig(text_column="text", max_length=8), "train")
+    max_length = 8
+    if change == "max_length":
+        tokenizer, max_length = base, 5
+    elif change == "lowercasing":
+        tokenizer = save_bert_tokenizer(tmp_path / "tok", VOCAB, lower=False)  # re-saved in the same folder
+    elif change == "vocabulary":  # two words swap ids; the special tokens and every setting stay
+        swapped = [{"movie": "great", "great": "movie"}.get(token, token) for token in VOCAB]
+        tokenizer = save_bert_tokenizer(tmp_path / "tok", swapped, lower=True)
+    else:  # set on the object, not in its saved settings
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+        tokenizer.truncation_side = "left"
+    after = tokenize_split(disk_split, tokenizer, DataConfig(text_column="text", max_length=max_length), "train")
+    expected = direct_ids(tokenizer, max_length)
+    assert expected != before["input_ids"]  # the change matters for these texts
+    assert after["input_ids"] == expected
+    assert after["length"] == [len(ids) for ids in expected]
+
+
+def test_a_call_does_not_change_the_identity(tmp_path):
+    # a fast tokenizer's backend keeps the last call's truncation and padding: that state is left out
+    tokenizer = save_bert_tokenizer(tmp_path / "tok", VOCAB, lower=True)
+    before = tokenizer_identity(tokenizer)
+    tokenizer(TEXTS, truncation=True, max_length=3, padding="max_length")
+    assert tokenizer_identity(tokenizer) == before
+
+
+def test_a_tokenizer_without_a_backend_leaves_hashing_to_datasets(disk_split):
+    class PythonOnlyTokenizer:
+        pass
+
+    assert tokenizer_identity(PythonOnlyTokenizer()) is None
+    assert tokenized_fingerprint(disk_split, PythonOnlyTokenizer(), [len], []) is None
