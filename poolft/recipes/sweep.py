@@ -21,7 +21,7 @@ from ..errors import PoolftError
 from ..pooling import available_poolers
 from ..training.feature_cache import weights_digest
 from ..training.loop import PREDICTIONS_FILE
-from ..training.run_folder import write_json
+from ..training.run_folder import CONFIG_FILE, holds_other_run, set_aside, write_json
 from .significance import encode_predictions
 
 STOCK = "stock"
@@ -251,7 +251,11 @@ class Sweep:
                     write_json(result, {**record, **extra})
                 self.report(f"poolft sweep: skip {result} (already done)")
                 return result
-        if (output_dir / "config.yaml").is_file() or (output_dir / "head_warmup").is_dir():
+        if (output_dir / CONFIG_FILE).is_file() and holds_other_run(config, output_dir):
+            # an unfinished run of other settings (e.g. left by an older poolft): kept, not resumed
+            aside = set_aside(output_dir)
+            self.report(f"poolft sweep: {output_dir} held an unfinished run with other settings; moved it to {aside}")
+        if (output_dir / CONFIG_FILE).is_file() or (output_dir / "head_warmup").is_dir():
             config.train.resume_from_checkpoint = "latest"
             if (output_dir / "metrics.json").is_file():  # finished, but its result was not written
                 config.train.overwrite_output_dir = True

@@ -26,10 +26,32 @@ NEUTRAL_KEYS = {
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    copy = {section: dict(values) for section, values in config.items()}
+    copy = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
     for section, key in NEUTRAL_KEYS:
-        copy.get(section, {}).pop(key, None)
+        if isinstance(copy.get(section), dict):
+            copy[section].pop(key, None)
     return copy
+
+
+def holds_other_run(config: RunConfig, folder: Path) -> bool:
+    """Whether ``folder``'s ``config.yaml`` records a run other than ``config`` (an unreadable one
+    counts as other); the keys in ``NEUTRAL_KEYS`` may differ."""
+    try:
+        previous = yaml.safe_load((folder / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        previous = {}
+    if not isinstance(previous, dict):
+        previous = {}
+    return comparable(previous) != comparable(with_chosen_columns(config.to_dict(), previous))
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename ``folder`` to the first free ``<name>.replaced-<n>`` beside it; returns the new path."""
+    number = 1
+    while (aside := folder.with_name(f"{folder.name}.replaced-{number}")).exists():
+        number += 1
+    folder.rename(aside)
+    return aside
 
 
 def with_chosen_columns(config: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
@@ -71,11 +93,7 @@ def prepare_output_dir(config: RunConfig, *, clear: bool = True) -> Path:
             if clear:
                 clear_output_dir(folder)
         else:
-            try:
-                previous = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError:
-                previous = {}
-            if comparable(previous) != comparable(with_chosen_columns(config.to_dict(), previous)):
+            if holds_other_run(config, folder):
                 raise PoolftError(
                     f"output_dir {folder} holds a different run; choose another train.output_dir or pass "
                     "--overwrite_output_dir true"

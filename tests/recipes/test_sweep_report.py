@@ -180,6 +180,41 @@ def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_bert_dir, monkeypatch):
     assert steps[:5] == [1, 2, 3, 4, 5] and steps[5:] == [5, 6, 7, 8, 9, 10, 11, 12]  # resumed after step 4
 
 
+def test_an_unfinished_run_of_other_settings_is_moved_aside_not_resumed(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    import yaml
+
+    config = recipe(tmp_path, tiny_bert_dir, probe=False)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    arguments = ["sweep", "--config", config, "--poolers", "max", "--seeds", "0", "--results", str(results)]
+    arguments += ["--runs", str(runs), "--train.save_every_steps=2"]
+    original_write = poolft.training.loop.StepLog.write
+
+    def crash_at_step_3(self, record):
+        original_write(self, record)
+        if record.get("step") == 3 and "loss" in record:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(poolft.training.loop.StepLog, "write", crash_at_step_3)
+    assert main(arguments) == 130
+    monkeypatch.setattr(poolft.training.loop.StepLog, "write", original_write)
+    folder = runs / "tiny" / "finetune" / "max-seed0"
+    # as an older poolft would have left it: a setting it did not have yet is missing from config.yaml
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    del saved["train"]["label_smoothing"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved))
+    old_files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+    assert any(name.startswith("checkpoints/step-2") for name in old_files)
+    capsys.readouterr()
+    assert main(arguments) == 0
+    aside = folder.with_name("max-seed0.replaced-1")
+    assert sorted(str(path.relative_to(aside)) for path in aside.rglob("*")) == old_files  # nothing lost
+    assert f"moved it to {aside}" in capsys.readouterr().out
+    log = (folder / "log.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in log if "loss" in json.loads(line)]
+    assert steps == list(range(1, 7))  # started again, not resumed
+    assert (results / "tiny" / "finetune" / "max-seed0.json").is_file()
+
+
 @pytest.mark.parametrize("holdout", [None, 0.25], ids=["full-split", "held-out-rows"])
 def test_head_trained_on_cache_equals_head_trained_with_frozen_backbone(tmp_path, tiny_bert_dir, holdout):
     config_path = recipe(tmp_path, tiny_bert_dir, probe=True)
