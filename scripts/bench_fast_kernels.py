@@ -1,9 +1,10 @@
 """Benchmark: poolft's fast training kernels (``train.fast_kernels``) against torch's, piece by piece.
 
 1. Dropout (p = 0.1) of an attention-probability tensor, ``--batch`` x 12 heads x ``--seq-len`` x
-   ``--seq-len`` (MiniLM-L6 at 32 x 128): ``poolft.training.cpu_dropout.cpu_dropout`` vs
-   ``torch.nn.functional.dropout``, forward and forward + backward, and each one's share of
-   zeros (both should be 0.100).
+   ``--seq-len`` (MiniLM-L6 at 32 x 128), in float32 and bfloat16:
+   ``poolft.training.cpu_dropout.cpu_dropout`` vs ``torch.nn.functional.dropout`` and vs poolft's
+   own mask applied with ``masked_fill_`` (its earlier kernel), forward and forward + backward,
+   and each one's share of zeros (all should be 0.100).
 2. Clipping + AdamW step on the parameters of poolft's MiniLM-L6 + mean pooler with random
    gradients: ``poolft.training.clipping.clipped_optimizer_step`` (norm by dot products, clip factor
    folded into the fused AdamW) vs ``clip_grad_norm_`` then ``step()``; and each norm's relative
@@ -39,22 +40,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class MaskedFillDrop(torch.autograd.Function):
+    """poolft's earlier way to apply its mask: ``x.mul(scale).masked_fill_(drop, 0)``, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, drop, scale):
+        ctx.save_for_backward(drop)
+        ctx.scale = scale
+        return x.mul(scale).masked_fill_(drop, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (drop,) = ctx.saved_tensors
+        return grad.mul(ctx.scale).masked_fill_(drop, 0.0), None, None
+
+
+def masked_fill_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """poolft's mask (the same draw as ``cpu_dropout``), applied with ``masked_fill_``."""
+    from poolft.training.cpu_dropout import LEVELS, drop_mask, keep_level
+
+    return MaskedFillDrop.apply(x, drop_mask(x.shape, p), LEVELS / keep_level(p))
+
+
 def dropout_rows(args: argparse.Namespace) -> None:
     from poolft.training.cpu_dropout import cpu_dropout
 
     shape = (args.batch, 12, args.seq_len, args.seq_len)
-    x = torch.rand(shape, requires_grad=True)
-    print(f"\n1. dropout p=0.1 of a {' x '.join(map(str, shape))} float32 tensor, median of {args.repeats}")
-    rows, forward = [], {}
-    for name, fn in (("torch F.dropout", F.dropout), ("poolft cpu_dropout", cpu_dropout)):
-        # forward as in training: on a tensor that requires grad (the backward graph is built, not run)
-        forward[name], _ = common.median_seconds(lambda fn=fn: fn(x, 0.1), repeats=args.repeats)
-        both, _ = common.median_seconds(lambda fn=fn: fn(x, 0.1).sum().backward(), repeats=args.repeats)
-        with torch.no_grad():
-            zeros = (fn(x, 0.1) == 0).float().mean().item()
-        rows.append([name, f"{forward[name] * 1e3:.1f}", f"{both * 1e3:.1f}", f"{zeros:.4f}"])
-    common.print_table(["implementation", "forward ms", "fwd+bwd ms", "share of zeros"], rows)
-    print(f"  forward speedup: {common.ratio(forward['torch F.dropout'], forward['poolft cpu_dropout'])}")
+    print(f"\n1. dropout p=0.1 of a {' x '.join(map(str, shape))} tensor, median of {args.repeats}")
+    implementations = (
+        ("torch F.dropout", F.dropout),
+        ("poolft mask, masked_fill_", masked_fill_dropout),
+        ("poolft cpu_dropout", cpu_dropout),
+    )
+    rows, forward, both = [], {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.rand(shape, dtype=dtype, requires_grad=True)
+        for name, fn in implementations:
+            key = (str(dtype).removeprefix("torch."), name)
+            # forward as in training: on a tensor that requires grad (the backward graph is built, not run)
+            forward[key], _ = common.median_seconds(lambda fn=fn: fn(x, 0.1), repeats=args.repeats)
+            both[key], _ = common.median_seconds(lambda fn=fn: fn(x, 0.1).sum().backward(), repeats=args.repeats)
+            with torch.no_grad():
+                zeros = (fn(x, 0.1) == 0).float().mean().item()
+            rows.append([*key, f"{forward[key] * 1e3:.1f}", f"{both[key] * 1e3:.1f}", f"{zeros:.4f}"])
+    common.print_table(["dtype", "implementation", "forward ms", "fwd+bwd ms", "share of zeros"], rows)
+    for dtype in ("float32", "bfloat16"):
+        ours = (dtype, "poolft cpu_dropout")
+        for other in ("torch F.dropout", "poolft mask, masked_fill_"):
+            print(
+                f"  {dtype}: cpu_dropout vs {other}: forward {common.ratio(forward[(dtype, other)], forward[ours])}, "
+                f"fwd+bwd {common.ratio(both[(dtype, other)], both[ours])}"
+            )
 
 
 def clipping_rows(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ request. Evaluation runs eager (``eager_forward``): its batch size and lengths w
 another graph for one pass.
 
 Compiled steps draw the same random numbers as eager ones: poolft's CPU dropout draws its masks
-in an opaque op (``cpu_dropout.drop_mask_like``). A mask covers the padding too, so an eager run
+in an opaque op (``cpu_dropout.keep_mask_like``). A mask covers the padding too, so an eager run
 draws the compiled run's masks when it pads its batches alike (the default: to the longest text;
 or the same ``data.pad_to_multiple_of``). Torch's own dropout (``train.fast_kernels false``) is
 replaced by inductor's random numbers, seeded from the default generator: its masks differ from

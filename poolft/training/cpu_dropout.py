@@ -11,7 +11,9 @@ scaled by ``65536 / keep_level``, the exact inverse of the keep probability, so 
 expectation equals the input's, as with ``nn.Dropout``. The realised drop rate differs from ``p`` by
 less than 1 / 131,072. The mask is a bool tensor (a quarter of a float mask's memory) and the
 generator is the device's default one, so ``set_seed`` and activation checkpointing (which replays
-the generator) behave as with ``nn.Dropout``.
+the generator) behave as with ``nn.Dropout``. The mask is applied by multiplying the float's bits,
+as integers, by the bool (vectorised, :func:`keep_and_scale`), not with ``masked_fill_``, which
+CPU torch runs one element at a time.
 
 Off CPU, PyTorch's fused dropout and attention kernels are already fast: every function here
 hands over to them there, and in evaluation mode (or with ``p = 0``) they are identities / SDPA.
@@ -40,18 +42,23 @@ def keep_level(p: float) -> int:
     return round((1.0 - p) * LEVELS)
 
 
-def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A random bool mask of ``shape``: each element True (dropped) with probability ``1 - keep_level(p) / 65536``."""
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A random bool mask of ``shape``: each element True (kept) with probability ``keep_level(p) / 65536``."""
     count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
     words.random_(torch.iinfo(torch.int64).min, None)  # all 64 bits uniform
     uniforms = words.view(torch.int16)[:count].view(shape)  # uniform on [-32768, 32767]
-    return uniforms >= keep_level(p) - LEVELS // 2
+    return uniforms < keep_level(p) - LEVELS // 2
 
 
-def _drop_mask_of(x: torch.Tensor, p: float) -> torch.Tensor:
-    """:func:`drop_mask` of ``x``'s shape on ``x``'s device."""
-    return drop_mask(x.shape, p, x.device)
+def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The complement of :func:`keep_mask` from the same draw: True (dropped) with probability about ``p``."""
+    return ~keep_mask(shape, p, device)
+
+
+def _keep_mask_of(x: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`keep_mask` of ``x``'s shape on ``x``'s device."""
+    return keep_mask(x.shape, p, x.device)
 
 
 # torch.compile (train.compile) cannot trace the in-place ``random_``: as an opaque op the mask is
@@ -59,28 +66,44 @@ def _drop_mask_of(x: torch.Tensor, p: float) -> torch.Tensor:
 # order, so compiled and eager runs drop the same elements. The tag (where custom_op takes tags) keeps
 # the compiler from merging two draws of one shape or recomputing a draw in the backward pass;
 # without it, compiled code draws in place (a graph break per dropout, still correct).
-drop_mask_like = None
+keep_mask_like = None
 if "tags" in inspect.signature(torch.library.custom_op).parameters:
-    drop_mask_like = torch.library.custom_op(
-        "poolft::drop_mask", _drop_mask_of, mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+    keep_mask_like = torch.library.custom_op(
+        "poolft::keep_mask", _keep_mask_of, mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
     )
-    drop_mask_like.register_fake(lambda x, p: torch.empty(x.shape, dtype=torch.bool, device=x.device))
+    keep_mask_like.register_fake(lambda x, p: torch.empty(x.shape, dtype=torch.bool, device=x.device))
+
+#: the integer type of each float width, for multiplying a float's bits by a 0/1 mask
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def keep_and_scale(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x * scale`` where ``keep`` is True and 0 elsewhere, bit for bit as ``x.mul(scale).masked_fill_(~keep, 0)``.
+
+    The float's bits are multiplied by the bool mask as integers (0 or the same bits) and then
+    scaled: both passes are vectorised, where CPU ``masked_fill_`` and ``where`` run an element at a
+    time (``scripts/bench_fast_kernels.py`` times the two).
+    """
+    bits = _BITS.get(x.element_size())
+    if bits is None or not x.is_floating_point():
+        return x.mul(scale).masked_fill_(~keep, 0.0)
+    return (x.view(bits) * keep).view(x.dtype).mul_(scale)
 
 
 class ScaleAndDrop(torch.autograd.Function):
-    """``x * scale`` with the elements where ``drop`` is True set to 0; the bool ``drop`` is saved
+    """``x * scale`` with the elements where ``keep`` is False set to 0; the bool ``keep`` is saved
     for backward (not a float mask)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(drop)
+    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x.mul(scale).masked_fill_(drop, 0.0)
+        return keep_and_scale(x, keep, scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (drop,) = ctx.saved_tensors
-        return grad.mul(ctx.scale).masked_fill_(drop, 0.0), None, None
+        (keep,) = ctx.saved_tensors
+        return keep_and_scale(grad, keep, ctx.scale), None, None
 
 
 def cpu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -94,9 +117,9 @@ def cpu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tenso
         return x
     if level == 0:
         return x * 0.0
-    opaque = drop_mask_like is not None and torch.compiler.is_compiling()
-    drop = drop_mask_like(x, p) if opaque else drop_mask(x.shape, p, x.device)
-    return ScaleAndDrop.apply(x, drop, LEVELS / level)
+    opaque = keep_mask_like is not None and torch.compiler.is_compiling()
+    keep = keep_mask_like(x, p) if opaque else keep_mask(x.shape, p, x.device)
+    return ScaleAndDrop.apply(x, keep, LEVELS / level)
 
 
 class CpuDropout(nn.Dropout):

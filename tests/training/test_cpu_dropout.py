@@ -24,7 +24,9 @@ from poolft.training.cpu_dropout import (
     cpu_dropout,
     cpu_dropout_attention,
     drop_mask,
+    keep_and_scale,
     keep_level,
+    keep_mask,
     use_cpu_dropout,
 )
 
@@ -83,6 +85,34 @@ def test_kept_elements_are_scaled_by_the_inverse_keep_probability(dtype: torch.d
     expected = (x.double() * scale).to(dtype)  # rounding may differ by one unit: compare within dtype tolerance
     torch.testing.assert_close(out[kept], expected[kept])
     assert within_five_sigma(1 - kept.float().mean().item(), p, x.numel())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "broadcast"])
+def test_keep_and_scale_is_bit_for_bit_masked_fill(dtype: torch.dtype, layout: str) -> None:
+    # the integer-multiply path against the obvious computation, special values included
+    torch.manual_seed(7)
+    x = torch.randn(64, 48).to(dtype)
+    x[0, :6] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 1e-30]).to(dtype)
+    keep = keep_mask((64, 48), 0.3)
+    if layout == "transposed":
+        x, keep = x.t(), keep.t()
+    elif layout == "broadcast":  # a gradient as sum's backward hands it over: one row, stride 0
+        x = x[3].expand(64, 48)
+    scale = LEVELS / keep_level(0.3)
+    out = keep_and_scale(x, keep, scale)
+    expected = x.mul(scale).masked_fill_(~keep, 0.0)
+    assert out.dtype == dtype and out.shape == x.shape
+    # the same bits, NaNs and signed zeros included
+    assert torch.equal(out.contiguous().view(torch.uint8), expected.contiguous().view(torch.uint8))
+    assert (~keep).any() and keep.any()
+
+
+def test_drop_mask_is_the_complement_of_the_keep_mask_of_the_same_draw() -> None:
+    torch.manual_seed(8)
+    keep = keep_mask((100, 33), 0.4)
+    torch.manual_seed(8)
+    assert torch.equal(drop_mask((100, 33), 0.4), ~keep)
 
 
 def test_output_expectation_equals_the_input() -> None:
