@@ -78,8 +78,8 @@ def dropout_rows(args: argparse.Namespace) -> None:
         for name, fn in implementations:
             key = (str(dtype).removeprefix("torch."), name)
             # forward as in training: on a tensor that requires grad (the backward graph is built, not run)
-            forward[key], _ = common.median_seconds(lambda fn=fn: fn(x, 0.1), repeats=args.repeats)
-            both[key], _ = common.median_seconds(lambda fn=fn: fn(x, 0.1).sum().backward(), repeats=args.repeats)
+            forward[key], _ = common.median_seconds(lambda fn=fn, x=x: fn(x, 0.1), repeats=args.repeats)
+            both[key], _ = common.median_seconds(lambda fn=fn, x=x: fn(x, 0.1).sum().backward(), repeats=args.repeats)
             with torch.no_grad():
                 zeros = (fn(x, 0.1) == 0).float().mean().item()
             rows.append([*key, f"{forward[key] * 1e3:.1f}", f"{both[key] * 1e3:.1f}", f"{zeros:.4f}"])
