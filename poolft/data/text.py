@@ -62,7 +62,8 @@ def tokenize_split(split: Dataset, tokenizer: PreTrainedTokenizerBase, config: D
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
-    """What of a fast tokenizer decides its token ids, as JSON-ready values (None for a slow one).
+    """What of a fast tokenizer decides its token ids, as JSON-ready values (None for a slow one, or
+    one whose backend holds a custom Python component that cannot be serialised).
 
     The sha256 of the backend's serialised vocabulary, normaliser, pre-tokeniser and post-processor,
     without the truncation and padding state each call resets; the Python-side class, init
@@ -71,7 +72,10 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | N
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    pipeline = json.loads(backend.to_str())
+    try:
+        pipeline = json.loads(backend.to_str())
+    except Exception:  # a custom Python component cannot be serialised (tokenizers raises a plain Exception)
+        return None
     pipeline.pop("truncation", None)
     pipeline.pop("padding", None)
     # tokenizers serialises in a fixed order: no sort_keys (30 times slower on a 30,000-word vocabulary)

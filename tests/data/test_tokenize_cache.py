@@ -78,9 +78,17 @@ def test_a_call_does_not_change_the_identity(tmp_path):
     assert tokenizer_identity(tokenizer) == before
 
 
-def test_a_tokenizer_without_a_backend_leaves_hashing_to_datasets(disk_split):
+def test_a_tokenizer_without_a_serialisable_backend_leaves_hashing_to_datasets(disk_split):
     class PythonOnlyTokenizer:
         pass
 
-    assert tokenizer_identity(PythonOnlyTokenizer()) is None
-    assert tokenized_fingerprint(disk_split, PythonOnlyTokenizer(), [len], []) is None
+    class UnserialisableBackend:  # as tokenizers answers for a custom Python pre-tokenizer
+        def to_str(self):
+            raise Exception("Custom PreTokenizer cannot be serialized")
+
+    class CustomComponentTokenizer:
+        backend_tokenizer = UnserialisableBackend()
+
+    for tokenizer in (PythonOnlyTokenizer(), CustomComponentTokenizer()):
+        assert tokenizer_identity(tokenizer) is None
+        assert tokenized_fingerprint(disk_split, tokenizer, [len], []) is None
