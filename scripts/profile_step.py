@@ -57,8 +57,9 @@ OPTIMIZER = ("aten::_fused_adamw_", "aten::_foreach_norm", "aten::_foreach_mul_"
 ELEMENTWISE = (
     "layer_norm", "gelu", "softmax", "dropout", "add", "mul", "div", "sub", "tanh", "where", "masked_fill",
     "sum", "mean", "clamp", "neg", "exp", "log", "rsqrt", "pow", "fill_", "zero_", "threshold", "nll_loss",
-    "cpu_dropout", "drop_mask", "bernoulli", "rand", "cat", "clone", "contiguous",
+    "cpu_dropout", "keep_mask", "bernoulli", "rand", "cat", "clone", "contiguous",
 )  # fmt: skip
+COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")  # exact names: "ge" is also the start of "gelu"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,7 +92,7 @@ def group_of(name: str) -> str:
     if name.startswith(("cpp_fused", "graph_", "triton_")) or "Compiled" in name or "inductor" in name.lower():
         return "fused"
     short = name.split("::")[-1].lower()
-    if any(part in short for part in ELEMENTWISE):
+    if short in COMPARISONS or any(part in short for part in ELEMENTWISE):
         return "element-wise"
     return "other"
 
