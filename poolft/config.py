@@ -318,6 +318,13 @@ class TrainConfig:
         default=True,
         metadata={"help": "keep the best model by metric_for_best in output_dir/best"},
     )
+    save_model: bool = field(
+        default=True,
+        metadata={
+            "help": "write the trained model (weights, config, preprocessor, model card) to output_dir at the end; "
+            "false keeps only metrics, logs and predictions (poolft compare's runs)"
+        },
+    )
     resume_from_checkpoint: str | None = field(
         default=None,
         metadata={
@@ -762,6 +769,10 @@ def checked_lora(config: RunConfig) -> dict[str, Any] | None:
     resolved config compares equal when a run is continued.
     """
     lora, train = config.model.lora, config.train
+    if train.merge_lora_at_end and not train.save_model:
+        raise PoolftError(
+            "train.merge_lora_at_end merges the saved model, which train.save_model false does not write; drop one"
+        )
     if lora is None:
         if train.merge_lora_at_end:
             raise PoolftError("train.merge_lora_at_end merges a LoRA adapter; set model.lora (e.g. {}) or drop it")

@@ -316,6 +316,10 @@ def test_wrong_type_in_a_file(tmp_path):
         (["--model.classifier_dropout", "-0.1"], r"model.classifier_dropout must be in \[0, 1\)"),
         (["--data.image_size", "0"], r"data.image_size must be a positive number of pixels"),
         (["--train.save_total_limit", "0"], r"train.save_total_limit must be at least 1"),
+        (
+            ["--model.lora", "{}", "--train.merge_lora_at_end", "true", "--train.save_model", "false"],
+            r"train.merge_lora_at_end merges the saved model, which train.save_model false does not write; drop one",
+        ),
     ],
 )
 def test_out_of_range_values(arguments, pattern):

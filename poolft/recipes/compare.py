@@ -33,8 +33,11 @@ TASK = "compare"
 def track_config(base: RunConfig, track: str) -> RunConfig:
     """``base`` set up for ``track``: probe = frozen backbone with its states cached (and one training
     thread unless ``train.torch_threads`` is set); finetune = the whole model; finetune-lpft = the
-    head first on cached states (1 epoch unless the config says)."""
+    head first on cached states (1 epoch unless the config says). No run writes its model."""
     config = copy.deepcopy(base)
+    # a run is a means to the table: its metrics, log and predictions are kept, not a copy of the
+    # backbone per run (70 runs of MiniLM-L6 wrote 12 GB); train the chosen head with poolft train
+    config.train.save_model = config.train.save_best_model = config.train.save_at_end = False
     probe = track == "probe"
     config.train.freeze_backbone = config.train.feature_cache = probe
     if probe and config.train.torch_threads is None:

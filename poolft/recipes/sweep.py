@@ -51,8 +51,9 @@ CHANGED_DEFAULTS = {("data", "text_column"): (None, "sentence")}
 
 
 def run_hash(config: RunConfig, precision: str | None = None) -> str:
-    """Identity of a run: every setting except where it writes, how it reports progress and how long
-    it waits for other processes, with ``mixed_precision`` resolved on this machine.
+    """Identity of a run: every setting except where it writes, whether it writes the final model,
+    how it reports progress and how long it waits for other processes, with ``mixed_precision``
+    resolved on this machine.
 
     ``auto`` is bf16 on an AMX CPU and fp32 elsewhere, and a bf16 run's numbers depend on the CPU's
     matrix features: so the identity holds the resolved precision and, for 16-bit, those features
@@ -63,7 +64,7 @@ def run_hash(config: RunConfig, precision: str | None = None) -> str:
     values = config.to_dict()
     precision = precision or this_machine_precision(config)
     values["train"]["mixed_precision"] = "auto" if precision == "no" else precision
-    run_keys = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress")
+    run_keys = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress", "save_model")
     for key in (*run_keys, "distributed_timeout_seconds"):
         values["train"].pop(key, None)
     for (section, key), earlier_behaviour in ADDED_SETTINGS.items():

@@ -650,13 +650,14 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         save_checkpoint(accelerator, output_dir, state, config.train.save_total_limit, ema=ema)
     metrics = run_summary(config, inputs, state, started, accelerator, len(train_loader), compile_stats)
     if accelerator.is_main_process:
-        card = model_card(config, metrics, inputs.label_names, inputs.task)
-        with averaged_weights(ema, accelerator_free(model)):  # train.ema_decay: the average is the model
-            save_model_atomically(
-                saveable(accelerator, model, inputs), inputs.preprocessor, output_dir, {"README.md": card}
-            )
-        if config.train.merge_lora_at_end:  # a plain model beside the adapter, loadable without peft
-            lora.export_merged(output_dir, output_dir / lora.MERGED_DIR, replace=True)
+        if config.train.save_model:
+            card = model_card(config, metrics, inputs.label_names, inputs.task)
+            with averaged_weights(ema, accelerator_free(model)):  # train.ema_decay: the average is the model
+                save_model_atomically(
+                    saveable(accelerator, model, inputs), inputs.preprocessor, output_dir, {"README.md": card}
+                )
+            if config.train.merge_lora_at_end:  # a plain model beside the adapter, loadable without peft
+                lora.export_merged(output_dir, output_dir / lora.MERGED_DIR, replace=True)
         write_json(output_dir / "metrics.json", metrics)
     log.close()
     accelerator.wait_for_everyone()

@@ -43,6 +43,7 @@ def head_warmup_config(config: RunConfig) -> RunConfig:
         not config.model.stock_head and not config.data.augment and config.model.hidden_layers == [-1]
     )
     warm.train.save_best_model = False
+    warm.train.save_model = True  # the second stage starts from the head saved here
     warm.train.merge_lora_at_end = False  # stage 1 trains no adapter (LoRA starts in stage 2)
     # the warmup trains the head for the epochs asked; early stopping belongs to the fine-tune
     warm.train.early_stopping_patience = None

@@ -22,6 +22,7 @@ NEUTRAL_KEYS = {
     ("train", "overwrite_output_dir"),
     ("train", "progress"),
     ("train", "distributed_timeout_seconds"),  # how long to wait for a peer: the same run either way
+    ("train", "save_model"),  # whether the final model is written: the same training either way
 }
 
 

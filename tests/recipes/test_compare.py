@@ -56,6 +56,10 @@ def test_compare_on_a_folder_of_user_files(tmp_path, tiny_bert_dir, capsys, monk
     assert references.tolist() == labels
     assert np.mean(predicted == references) == record["final"]["accuracy"]
     assert record["hyperparameters"]["train"]["feature_cache"] is True  # the probe track
+    # the runs keep metrics, logs and predictions, not a copy of the model each
+    run = output / "runs" / "compare" / "probe" / "mean-seed1"
+    assert (run / "metrics.json").is_file() and (run / "eval_predictions.json").is_file()
+    assert not list(run.rglob("*.safetensors")) and not (run / "best").exists()
 
     calls = []
     original = poolft.training.loop.train

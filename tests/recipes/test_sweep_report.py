@@ -422,9 +422,12 @@ def test_run_hash_of_recorded_runs_survives_the_fast_kernels_setting() -> None:
     for section, key in ADDED_SETTINGS:  # fast_kernels and every later setting, at its off value
         values[section].pop(key)
     values["train"].pop("distributed_timeout_seconds", None)  # not part of a run's identity
+    values["train"].pop("save_model")  # nor whether the final model is written (added later)
     values["data"]["text_column"] = "sentence"  # the default then; unset now means "chosen from the data"
     before = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     assert run_hash(config, "no") == before  # recorded in full precision, as every v1 run was
+    config.train.save_model = False  # the same training, its model not written: the same run
+    assert run_hash(config, "no") == before
     config.train.fast_kernels = True  # a different training step: a different run
     assert run_hash(config, "no") != before
 

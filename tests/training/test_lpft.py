@@ -152,6 +152,16 @@ def test_lpft_on_images_and_the_stock_head(tmp_path, tiny_vit_dir):
         assert metrics["final"]["samples"] == 8
 
 
+def test_lpft_without_saving_the_final_model_still_saves_the_warmed_head(tmp_path, tiny_bert_dir):
+    output = tmp_path / "out"
+    overrides = text_overrides(tmp_path, tiny_bert_dir, output, "--train.head_warmup_epochs=1")
+    config = load_config(None, [*overrides, "--train.save_model=false", "--train.save_at_end=false"])
+    metrics = train(config)
+    assert (output / "metrics.json").is_file() and metrics["head_warmup"]["final"]["samples"] > 0
+    assert list((output / "head_warmup").glob("*.safetensors"))  # stage 2 started from this head
+    assert not list(output.glob("*.safetensors")) and not (output / "config.json").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
