@@ -146,6 +146,20 @@ def test_rate_search_caches_the_training_split_once_for_search_and_seeds(tmp_pat
     assert search["train_size"] == 86 and search["eval_size"] == 10  # 10% of 96 held out
 
 
+def interrupt_at_step(monkeypatch, arguments: list[str], step: int) -> None:
+    """Run ``poolft`` with ``arguments`` and stop it as Ctrl-C would, once training step ``step`` is logged."""
+    original_write = poolft.training.loop.StepLog.write
+
+    def crash(self, record):
+        original_write(self, record)
+        if record.get("step") == step and "loss" in record:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(poolft.training.loop.StepLog, "write", crash)
+    assert main(arguments) == 130
+    monkeypatch.setattr(poolft.training.loop.StepLog, "write", original_write)
+
+
 def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_bert_dir, monkeypatch):
     config = recipe(tmp_path, tiny_bert_dir, probe=False)
     results, runs = tmp_path / "results", tmp_path / "runs"
@@ -164,16 +178,7 @@ def test_sweep_resumes_an_interrupted_run(tmp_path, tiny_bert_dir, monkeypatch):
         "--train.save_every_steps=2",
         "--train.epochs=2",
     ]
-    original_write = poolft.training.loop.StepLog.write
-
-    def crash_at_step_5(self, record):
-        original_write(self, record)
-        if record.get("step") == 5 and "loss" in record:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(poolft.training.loop.StepLog, "write", crash_at_step_5)
-    assert main(arguments) == 130
-    monkeypatch.setattr(poolft.training.loop.StepLog, "write", original_write)
+    interrupt_at_step(monkeypatch, arguments, 5)
     assert main(arguments) == 0
     log = (runs / "tiny" / "finetune" / "max-seed0" / "log.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in log if "loss" in json.loads(line)]
@@ -187,16 +192,7 @@ def test_an_unfinished_run_of_other_settings_is_moved_aside_not_resumed(tmp_path
     results, runs = tmp_path / "results", tmp_path / "runs"
     arguments = ["sweep", "--config", config, "--poolers", "max", "--seeds", "0", "--results", str(results)]
     arguments += ["--runs", str(runs), "--train.save_every_steps=2"]
-    original_write = poolft.training.loop.StepLog.write
-
-    def crash_at_step_3(self, record):
-        original_write(self, record)
-        if record.get("step") == 3 and "loss" in record:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(poolft.training.loop.StepLog, "write", crash_at_step_3)
-    assert main(arguments) == 130
-    monkeypatch.setattr(poolft.training.loop.StepLog, "write", original_write)
+    interrupt_at_step(monkeypatch, arguments, 3)
     folder = runs / "tiny" / "finetune" / "max-seed0"
     # as an older poolft would have left it: a setting it did not have yet is missing from config.yaml
     saved = yaml.safe_load((folder / "config.yaml").read_text())
