@@ -94,8 +94,8 @@ def tokenized_fingerprint(
     """The ``datasets`` fingerprint of ``split`` tokenized by ``functions`` (their code) with ``tokenizer``.
 
     ``datasets`` would hash the tokenizer with dill, about 0.7 s for MiniLM's on every run of a
-    sweep; this hashes the same facts in milliseconds. None (``datasets`` hashes as usual) for a
-    slow tokenizer, whose Python state this cannot summarise.
+    sweep; this hashes the same facts in milliseconds. None (``datasets`` hashes as usual) where
+    :func:`tokenizer_identity` cannot summarise the tokenizer.
     """
     identity = tokenizer_identity(tokenizer)
     if identity is None:
