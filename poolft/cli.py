@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--task", default=None, help="name in the results (default: the config's folder name)")
     sweep.add_argument("--results", default="recipes/results")
     sweep.add_argument("--runs", default="runs/sweeps", help="where the runs' output folders go")
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process (worth it for probe heads, which use one thread each)",
+    )
     compare = commands.add_parser(
         "compare",
         help="which head for your data: every head, 3 seeds, a rate search and 95%% intervals (probe track)",
@@ -212,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--holdout", type=float, default=0.1, help="share of the training split for the rate search")
     compare.add_argument("--grid-extensions", dest="grid_extensions", type=non_negative_int, default=2)
     compare.add_argument("--output", default="runs/compare", help="folder for the runs, results, table and plot")
+    compare.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="runs trained at once, each in its own process (default: one per CPU core on the probe track, else 1)",
+    )
     report = commands.add_parser("report", help="regenerate recipes/README.md from recipes/results/*.json")
     report.add_argument("--results", default="recipes/results")
     report.add_argument("--output", default="recipes/README.md")
@@ -375,7 +387,9 @@ def run_poolers(args: argparse.Namespace, _: list[str]) -> int:
 def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .recipes.sweep import run_sweep as sweep
+    from .recipes.workers import check_workers
 
+    check_workers(args.workers)
     written = sweep(
         args.config,
         args.poolers,
@@ -388,6 +402,7 @@ def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         args.holdout,
         overrides,
         args.grid_extensions,
+        args.workers,
     )
     print(f"poolft sweep: {len(written)} result files under {args.results}")
     return 0
@@ -396,9 +411,12 @@ def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
 def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .recipes.compare import run_compare as compare
+    from .recipes.workers import check_workers
 
     if not 0 < args.holdout < 1:
         raise PoolftError(f"--holdout {args.holdout} must be in (0, 1): the share of the training split held out")
+    if args.workers is not None:
+        check_workers(args.workers)
     text = compare(
         args.config,
         overrides,
@@ -409,6 +427,7 @@ def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
         args.output,
         args.holdout,
         args.grid_extensions,
+        workers=args.workers,
     )
     print(text, end="")
     print(f"poolft compare: table and plot in {args.output}")

@@ -9,6 +9,9 @@ paired-bootstrap intervals of each head's difference to the stock head, marks wh
 noise, names the best head and the heads tied with it, and writes a plot. ``--track finetune``
 or ``lpft`` fine-tunes the whole model instead (slower: every run passes the backbone).
 Finished runs are skipped, so an interrupted compare resumes where it stopped.
+
+On the probe track the heads train one per core (``RunPool``): each on one thread, after the
+backbone's states are cached with every core. The records are those of one process.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..errors import PoolftError
 from ..pooling import available_poolers
 from .report import budget_lines, grouped, load_results, plot, track_section
 from .sweep import HEAD_VARIANTS, STOCK, Sweep, head_config, known_heads, parse_list, parse_seeds
+from .workers import RunPool, check_workers, usable_cores
 
 TRACKS = {"probe": "probe", "finetune": "finetune", "lpft": "finetune-lpft", "finetune-lpft": "finetune-lpft"}
 #: the rates searched by default: the head's rate on cached states, the backbone's when fine-tuning
@@ -107,10 +111,12 @@ def run_compare(
     holdout: float,
     grid_extensions: int = 2,
     report: Any = None,
+    workers: int | None = None,
 ) -> str:
     """The ``poolft compare`` command: run the grid, then return (and write) the table.
 
-    Progress goes to ``report`` (default: stderr), so stdout holds the table alone.
+    Progress goes to ``report`` (default: stderr), so stdout holds the table alone. ``workers``:
+    runs trained at once (default: one per core on the probe track, else 1).
     """
     report = report or (lambda message: print(message, file=sys.stderr))
     from ..models.backbones import load_backbone_config, resolve_backbone
@@ -139,7 +145,10 @@ def run_compare(
         report=report,
         grid_extensions=grid_extensions,
     )
-    sweep.run()
+    if workers is None:
+        workers = usable_cores() if track == "probe" else 1
+    with RunPool(check_workers(workers), prepare=sweep.cache_builder()) as pool:
+        sweep.run(pool)
     records = [r for r in load_results(folder / "results" / TASK / track) if r["head"] in heads]
     runs_by_head = grouped(records)[(TASK, track)]
     lines = [f"# poolft compare — {track}", ""]

@@ -13,6 +13,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from ..training.feature_cache import weights_digest
 from ..training.loop import PREDICTIONS_FILE
 from ..training.run_folder import CONFIG_FILE, holds_other_run, set_aside, write_json
 from .significance import encode_predictions
+from .workers import RunPool, check_workers
 
 STOCK = "stock"
 
@@ -140,8 +144,30 @@ def learning_curve(output_dir: Path) -> list[dict[str, float]]:
     return curve
 
 
+@dataclass
+class RunJob:
+    """One run of a sweep: its config, where its record and its output folder go, and what the
+    record adds (the seed runs' chosen rate and the search behind it)."""
+
+    config: RunConfig
+    result: Path
+    output_dir: Path
+    head: str
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def report_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class Sweep:
-    """One recipe's grid: ``heads x seeds`` on ``track``, results in ``results_dir/task/track``."""
+    """One recipe's grid: ``heads x seeds`` on ``track``, results in ``results_dir/task/track``.
+
+    ``run(pool)`` trains what is not recorded yet. With one worker it goes head by head (a long
+    sweep stopped half way has whole heads done); with several it runs every head's rate grid, then
+    the grid extensions, then every seed run, each stage's runs at once on the pool's workers.
+    """
 
     def __init__(
         self,
@@ -155,7 +181,7 @@ class Sweep:
         holdout: float,
         results_dir: Path,
         runs_dir: Path,
-        report: Any = print,
+        report: Callable[[str], None] = print,
         grid_extensions: int = 2,
     ) -> None:
         self.base, self.task, self.track = base, task, track
@@ -169,89 +195,140 @@ class Sweep:
         self.backbone = resolve_backbone(base.model.backbone)
         self.is_text = modality_of(load_backbone_config(self.backbone, base.model)) == "text"
 
-    def run(self) -> list[Path]:
-        written = []
-        for head in self.heads:
-            rate, search = self.choose_rate(head)
-            for seed in self.seeds:
-                written.append(self.run_seed(head, seed, rate, search))
-        return written
+    def __getstate__(self) -> dict[str, Any]:
+        # sent to worker processes: the report callable may be a closure; a worker reports to stderr
+        return {**self.__dict__, "report": report_to_stderr}
+
+    def cache_builder(self) -> Callable[[], None] | None:
+        """For the probe track, what computes the backbone's cached states of the training and
+        evaluation splits before the runs fan out to workers (the rate search reads the training
+        split's); None for the other tracks."""
+        if self.track != "probe":
+            return None
+        from ..training.loop import build_feature_caches
+
+        return lambda: build_feature_caches(head_config(self.base, self.heads[0], self.track, self.is_text))
+
+    def run(self, pool: RunPool | None = None) -> list[Path]:
+        pool = pool or RunPool(1)
+        if pool.workers == 1:
+            return [path for head in self.heads for path in self.run_heads([head], pool)]
+        return self.run_heads(self.heads, pool)
+
+    def run_heads(self, heads: list[str], pool: RunPool) -> list[Path]:
+        """Rate search of ``heads`` (each stage's runs at once), then every seed at each chosen rate."""
+        chosen = self.choose_rates(heads, pool)
+        jobs = [self.seed_job(head, seed, *chosen[head]) for head in heads for seed in self.seeds]
+        return self.run_jobs(jobs, pool)
 
     def choose_rate(self, head: str) -> tuple[float, dict[str, float]]:
         """Held-out accuracy of each candidate rate (seed 0); the best one is used for the seeds."""
+        return self.choose_rates([head], RunPool(1))[head]
+
+    def choose_rates(self, heads: list[str], pool: RunPool) -> dict[str, tuple[float, dict[str, float]]]:
+        """For each head, the rate with the best held-out accuracy (seed 0) and the accuracy of each rate."""
         section, key = self.rate_key.split(".")
         if len(self.rates) <= 1:
             rate = self.rates[0] if self.rates else getattr(getattr(self.base, section), key)
-            return rate, {}
-        search: dict[str, float] = {}
-        for rate in self.rates:
-            search[f"{rate:g}"] = self.held_out_accuracy(head, rate)
+            return {head: (rate, {}) for head in heads}
+        searches: dict[str, dict[str, float]] = {head: {} for head in heads}
+        self.search(searches, [(head, rate) for head in heads for rate in self.rates], pool)
         # a best rate at an end of the grid may not be the best: extend the grid past it
         for _ in range(self.grid_extensions):
-            rates = sorted(float(r) for r in search)
-            best = max(search, key=lambda r: (search[r], -float(r)))
-            step = next_rate(rates, float(best))
-            if step is None or len(rates) < 2:
+            steps = [(head, step) for head in heads if (step := self.extension(searches[head])) is not None]
+            if not steps:
                 break
-            neighbour = rates[1] if float(best) == rates[0] else rates[-2]
-            if search[best] <= search[f"{neighbour:g}"]:
-                break  # tied with the rate inside the grid: the end says nothing about going further
-            self.report(f"poolft sweep: {head}: best rate {best} is at the end of the grid; trying {step:g}")
-            search[f"{step:g}"] = self.held_out_accuracy(head, step)
-        best = max(search, key=lambda r: (search[r], -float(r)))
-        self.report(f"poolft sweep: {head}: held-out accuracy by {self.rate_key} {search} -> {best}")
-        return float(best), search
+            for head, step in steps:
+                best = max(searches[head], key=lambda r, s=searches[head]: (s[r], -float(r)))
+                self.report(f"poolft sweep: {head}: best rate {best} is at the end of the grid; trying {step:g}")
+            self.search(searches, steps, pool)
+        chosen = {}
+        for head, search in searches.items():
+            best = max(search, key=lambda r, s=search: (s[r], -float(r)))
+            self.report(f"poolft sweep: {head}: held-out accuracy by {self.rate_key} {search} -> {best}")
+            chosen[head] = (float(best), search)
+        return chosen
 
-    def held_out_accuracy(self, head: str, rate: float) -> float:
-        """Accuracy on the held-out share of the training split, trained at ``rate`` (seed 0)."""
+    def search(self, searches: dict[str, dict[str, float]], runs: list[tuple[str, float]], pool: RunPool) -> None:
+        for (head, rate), accuracy in zip(runs, self.held_out_accuracies(runs, pool), strict=True):
+            searches[head][f"{rate:g}"] = accuracy
+
+    @staticmethod
+    def extension(search: dict[str, float]) -> float | None:
+        """The rate one grid step past the best one when that is an end of the grid, better than its
+        neighbour; None when the search is settled."""
+        rates = sorted(float(r) for r in search)
+        best = max(search, key=lambda r: (search[r], -float(r)))
+        step = next_rate(rates, float(best))
+        if step is None or len(rates) < 2:
+            return None
+        neighbour = rates[1] if float(best) == rates[0] else rates[-2]
+        if search[best] <= search[f"{neighbour:g}"]:
+            return None  # tied with the rate inside the grid: the end says nothing about going further
+        return step
+
+    def held_out_accuracies(self, runs: list[tuple[str, float]], pool: RunPool) -> list[float]:
+        """For each ``(head, rate)``: trained on the training split minus the held-out share (seed 0),
+        its accuracy on that share."""
+        results = self.run_jobs([self.rate_job(head, rate) for head, rate in runs], pool)
+        return [json.loads(result.read_text())["final"]["accuracy"] for result in results]
+
+    def rate_job(self, head: str, rate: float) -> RunJob:
         config = head_config(self.base, head, self.track, self.is_text)
         config = with_overrides(config, {self.rate_key: rate, "data.holdout_fraction": self.holdout, "train.seed": 0})
-        result = self.run_once(
+        return RunJob(
             config,
             self.results / "rate-search" / f"{head}-rate{rate:g}.json",
             self.runs / "rate-search" / f"{head}-rate{rate:g}",
             head,
             0,
-            {},
         )
-        return json.loads(result.read_text())["final"]["accuracy"]
 
-    def run_seed(self, head: str, seed: int, rate: float, search: dict[str, float]) -> Path:
+    def seed_job(self, head: str, seed: int, rate: float, search: dict[str, float]) -> RunJob:
         config = head_config(self.base, head, self.track, self.is_text)
         config = with_overrides(config, {self.rate_key: rate, "train.seed": seed})
-        return self.run_once(
-            config,
-            self.results / f"{head}-seed{seed}.json",
-            self.runs / f"{head}-seed{seed}",
-            head,
-            seed,
-            {
-                "rate": rate,
-                "rate_key": self.rate_key,
-                "rate_search": search,
-                "rate_search_holdout": self.holdout if search else None,
-            },
+        extra = {
+            "rate": rate,
+            "rate_key": self.rate_key,
+            "rate_search": search,
+            "rate_search_holdout": self.holdout if search else None,
+        }
+        return RunJob(
+            config, self.results / f"{head}-seed{seed}.json", self.runs / f"{head}-seed{seed}", head, seed, extra
         )
 
-    def run_once(
-        self, config: RunConfig, result: Path, output_dir: Path, head: str, seed: int, extra: dict[str, Any]
-    ) -> Path:
-        """Train unless ``result`` already records this exact run; resume an interrupted one."""
+    def run_jobs(self, jobs: list[RunJob], pool: RunPool) -> list[Path]:
+        """The record of each job: the recorded one where it is done, else trained (on the pool)."""
+        pending = [job for job in jobs if not self.recorded(job)]
+        trained = dict(zip((id(job) for job in pending), pool.map(self.train_job, pending), strict=True))
+        return [trained.get(id(job), job.result) for job in jobs]
+
+    def recorded(self, job: RunJob) -> bool:
+        """Whether ``job.result`` records this exact run (then it is not trained again)."""
+        job.config.train.output_dir = str(job.output_dir)
+        job.config.train.progress = False
+        if not job.result.is_file():
+            return False
+        record = json.loads(job.result.read_text())
+        # seed runs keep their per-example predictions (the report's paired intervals need them)
+        seed_run = "rate-search" not in job.result.parts
+        if record.get("run_hash") != run_hash(job.config) or ("predictions" not in record and seed_run):
+            return False
+        if any(record.get(key) != value for key, value in job.extra.items()):
+            # same run, but the rate search around it grew (e.g. a wider grid): record that
+            write_json(job.result, {**record, **job.extra})
+        self.report(f"poolft sweep: skip {job.result} (already done)")
+        return True
+
+    def train_job(self, job: RunJob) -> Path:
+        """Train ``job`` (resuming an interrupted run in its folder) and write its record."""
         from ..training.loop import train
 
+        config, output_dir, head, seed = job.config, job.output_dir, job.head, job.seed
         config.train.output_dir = str(output_dir)
         config.train.progress = False
         identity = run_hash(config)
-        # seed runs keep their per-example predictions (the report's paired intervals need them)
-        seed_run = "rate-search" not in result.parts
-        if result.is_file():
-            record = json.loads(result.read_text())
-            if record.get("run_hash") == identity and ("predictions" in record or not seed_run):
-                if any(record.get(key) != value for key, value in extra.items()):
-                    # same run, but the rate search around it grew (e.g. a wider grid): record that
-                    write_json(result, {**record, **extra})
-                self.report(f"poolft sweep: skip {result} (already done)")
-                return result
+        seed_run = "rate-search" not in job.result.parts
         if (output_dir / CONFIG_FILE).is_file() and holds_other_run(config, output_dir):
             # an unfinished run of other settings (e.g. left by an older poolft): kept, not resumed
             aside = set_aside(output_dir)
@@ -271,7 +348,7 @@ class Sweep:
             "pooler_options": config.model.pooler_options,
             "stock_head": head == STOCK,
             "seed": seed,
-            **extra,
+            **job.extra,
             "backbone": {
                 "path": self.base.model.backbone,
                 "resolved": self.backbone,
@@ -306,8 +383,8 @@ class Sweep:
                 if multi_label
                 else encode_predictions(examples["predictions"], examples["references"], examples["split"])
             )
-        write_json(result, record)
-        return result
+        write_json(job.result, record)
+        return job.result
 
 
 def next_rate(rates: list[float], best: float) -> float | None:
@@ -354,8 +431,9 @@ def run_sweep(
     holdout: float,
     overrides: list[str],
     grid_extensions: int = 2,
+    workers: int = 1,
 ) -> list[Path]:
-    """The ``poolft sweep`` command."""
+    """The ``poolft sweep`` command; ``workers`` runs train at once (see ``RunPool``)."""
     base = load_config(config_path, overrides)
     head_names = parse_list(heads, str)
     unknown = [h for h in head_names if h not in known_heads()]
@@ -382,4 +460,5 @@ def run_sweep(
         Path(runs_dir),
         grid_extensions=grid_extensions,
     )
-    return sweep.run()
+    with RunPool(check_workers(workers), prepare=sweep.cache_builder()) as pool:
+        return sweep.run(pool)

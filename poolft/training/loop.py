@@ -313,6 +313,22 @@ def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Acceler
     inputs.cached = True
 
 
+def build_feature_caches(config: RunConfig) -> None:
+    """Compute (or find) the cached backbone states a probe run of ``config`` reads, without training.
+
+    A sweep calls it before its runs fan out to worker processes, so the backbone passes once, on
+    every core, and the workers only read the cache. Nothing is written to ``train.output_dir``.
+
+    Raises:
+        PoolftError: as ``train`` would for the same config (bad data, a head the cache cannot train).
+    """
+    accelerator = build_accelerator(config)
+    inputs = load_run_inputs(config, accelerator)
+    if config.train.fast_kernels:  # as a run does before splitting off its head
+        use_cpu_dropout(inputs.model)
+    use_feature_cache(config, inputs, accelerator)
+
+
 def set_train_mode(model: Any, config: RunConfig) -> None:
     """Training mode, except a frozen backbone, which runs like at inference (no dropout)."""
     model.train()

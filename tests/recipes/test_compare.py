@@ -9,12 +9,13 @@ import numpy as np
 from datasets_for_tests import write_sentiment_csv
 from PIL import Image
 
-import poolft.training.loop
+import poolft.recipes.workers
 from poolft.cli import main
 from poolft.config import load_config
 from poolft.models.backbones import load_backbone_config
 from poolft.recipes.compare import choose_heads, track_config
 from poolft.recipes.significance import decode_predictions
+from poolft.recipes.workers import RunPool
 
 
 def test_compare_on_a_folder_of_user_files(tmp_path, tiny_bert_dir, capsys, monkeypatch):
@@ -62,11 +63,40 @@ def test_compare_on_a_folder_of_user_files(tmp_path, tiny_bert_dir, capsys, monk
     assert not list(run.rglob("*.safetensors")) and not (run / "best").exists()
 
     calls = []
-    original = poolft.training.loop.train
-    monkeypatch.setattr(poolft.training.loop, "train", lambda config: calls.append(config) or original(config))
+    original = RunPool.map
+    monkeypatch.setattr(
+        RunPool, "map", lambda pool, function, jobs: calls.extend(jobs) or original(pool, function, jobs)
+    )
     assert main(arguments) == 0  # a rerun skips every finished run and prints the same table
     assert calls == []
     assert capsys.readouterr().out == f"{table}poolft compare: table and plot in {output}\n"
+
+
+def test_heads_trained_on_worker_processes_record_what_one_process_records(tmp_path, tiny_bert_dir, monkeypatch):
+    files = write_sentiment_csv(tmp_path / "my-data", train_size=96, eval_size=32)
+    common = [
+        f"--model.backbone={tiny_bert_dir}",
+        f"--data.data_files={json.dumps(files)}",
+        "--data.max_length=32",
+        "--train.batch_size=16",
+        "--train.mixed_precision=no",
+        f"--train.feature_cache_dir={tmp_path / 'cache'}",
+        *("--poolers", "mean,attention", "--seeds", "0,1", "--rates", "1e-2,1e-1", "--grid-extensions", "0"),
+    ]
+    assert main(["compare", *common, "--workers", "1", "--output", str(tmp_path / "one")]) == 0
+    started = []
+    original = RunPool._executor
+    monkeypatch.setattr(RunPool, "_executor", lambda pool: started.append(pool.workers) or original(pool))
+    monkeypatch.setattr(poolft.recipes.workers, "WORKER_STARTUP_SECONDS", 0.0)  # tiny runs: start them anyway
+    assert main(["compare", *common, "--workers", "2", "--output", str(tmp_path / "two")]) == 0
+    assert started and set(started) == {2}
+    one, two = (sorted((tmp_path / out / "results").rglob("*.json")) for out in ("one", "two"))
+    assert [path.relative_to(tmp_path / "one") for path in one] == [path.relative_to(tmp_path / "two") for path in two]
+    assert len(one) == 8  # 2 heads x (2 rates + 2 seeds)
+    for path_one, path_two in zip(one, two, strict=True):
+        first, second = json.loads(path_one.read_text()), json.loads(path_two.read_text())
+        for key in ("run_hash", "final", "curve", "predictions", "rate", "rate_search"):
+            assert first.get(key) == second.get(key), (path_one.name, key)
 
 
 def test_default_heads_are_every_head_that_fits_the_backbone(tiny_bert_dir, tiny_vit_dir):
@@ -89,6 +119,7 @@ def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_li
         (["--poolers", "mean,flatten"], "head flatten cannot run here"),
         (["--poolers", "mean,nope"], "unknown head(s) nope"),
         (["--holdout", "1.5"], "--holdout 1.5 must be in (0, 1)"),
+        (["--workers", "0"], "--workers 0 must be 1 or more"),
     ):
         assert main(["compare", *common, *extra]) == 2
         err = capsys.readouterr().err.strip()

@@ -515,11 +515,11 @@ def test_a_best_rate_at_an_end_of_the_grid_grows_the_grid(tmp_path, tiny_bert_di
     sweep = mean_probe_sweep(tmp_path, tiny_bert_dir, [1e-3, 1e-2])
     tried = []
 
-    def held_out(head, rate):  # held-out accuracy peaks at 0.3, beyond the grid
-        tried.append(rate)
-        return 1.0 - abs(math.log10(rate / 0.3))
+    def held_out(runs, pool):  # held-out accuracy peaks at 0.3, beyond the grid
+        tried.extend(rate for _, rate in runs)
+        return [1.0 - abs(math.log10(rate / 0.3)) for _, rate in runs]
 
-    monkeypatch.setattr(sweep, "held_out_accuracy", held_out)
+    monkeypatch.setattr(sweep, "held_out_accuracies", held_out)
     rate, search = sweep.choose_rate("mean")
     assert tried == [1e-3, 1e-2, 0.1, 1.0]  # two steps up the grid, the second one past the peak
     assert rate == 0.1 and set(search) == {"0.001", "0.01", "0.1", "1"}
@@ -528,6 +528,6 @@ def test_a_best_rate_at_an_end_of_the_grid_grows_the_grid(tmp_path, tiny_bert_di
 def test_a_tie_at_the_end_of_the_grid_does_not_grow_it(tmp_path, tiny_bert_dir, monkeypatch):
     sweep = mean_probe_sweep(tmp_path, tiny_bert_dir, [1e-3, 1e-2, 1e-1])
     tried = []
-    monkeypatch.setattr(sweep, "held_out_accuracy", lambda head, rate: tried.append(rate) or 0.615)
+    monkeypatch.setattr(sweep, "held_out_accuracies", lambda runs, pool: [tried.append(r) or 0.615 for _, r in runs])
     rate, search = sweep.choose_rate("mean")
     assert tried == [1e-3, 1e-2, 1e-1] and rate == 1e-3  # every rate tied: no evidence to go past 1e-3

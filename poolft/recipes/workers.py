@@ -1,0 +1,142 @@
+"""Several runs of a grid at once: one worker process per core for heads trained on cached states.
+
+A probe head trains on one thread (its ops are small; two threads stall at OpenMP barriers), so
+on a machine with N cores a sweep of probe heads leaves N - 1 of them idle. ``RunPool`` runs the
+runs that are not done yet on ``workers`` processes (``concurrent.futures`` with the ``spawn``
+start method: a fork would copy the parent's OpenMP and Accelerate state), each with
+``cores // workers`` threads by default. A run's numbers do not depend on where it runs: every run
+seeds itself and the probe runs pin their thread count, so the records are the ones one process
+writes (``tests/recipes/test_compare.py`` checks this).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from ..errors import PoolftError
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` when it is a positive count, else a one-line error."""
+    if workers < 1:
+        raise PoolftError(f"--workers {workers} must be 1 or more: the number of runs trained at once")
+    return workers
+
+
+def _set_worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+#: what starting the workers costs, in seconds (each imports torch, transformers and datasets: 5 s
+#: on an idle 2-core Xeon, 12 s on a busy one)
+WORKER_STARTUP_SECONDS = 10.0
+
+
+class RunPool:
+    """Runs ``function(job)`` for a list of jobs, inline (``workers=1``) or on worker processes.
+
+    Jobs run inline, one by one and timed, until the runs left would take longer on one process
+    than on the workers plus ``startup_seconds`` to start them: a grid of runs of a second each is
+    not worth a worker's import of torch. From then on every job goes to the workers. ``prepare``
+    (optional) runs once in this process before the workers start: the probe track computes the
+    backbone's cached states there, on every core, so that the workers only read them. The workers
+    stop on ``close`` (or at the end of a ``with`` block). Each gets ``max(1, usable_cores() //
+    workers)`` threads; a run's own ``train.torch_threads`` still overrides that.
+
+    Raises:
+        PoolftError: from a job (re-raised here, the first one in job order), or when a worker
+            process dies (for example killed for memory).
+    """
+
+    def __init__(
+        self,
+        workers: int = 1,
+        prepare: Callable[[], None] | None = None,
+        startup_seconds: float | None = None,
+    ) -> None:
+        self.workers = check_workers(workers)
+        self.prepare = prepare
+        self.startup_seconds = WORKER_STARTUP_SECONDS if startup_seconds is None else startup_seconds
+        self.executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> RunPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+    def map(self, function: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        """``[function(job) for job in jobs]``, in that order, inline or on the workers (see the class)."""
+        results: list[Any] = [None] * len(jobs)
+        queue = list(range(len(jobs)))
+        if self.executor is None:
+            timed, seconds = 0, 0.0
+            while queue and not (timed and self.worth_workers(len(queue), seconds / timed)):
+                index = queue.pop(0)
+                started = time.perf_counter()
+                results[index] = function(jobs[index])
+                seconds, timed = seconds + time.perf_counter() - started, timed + 1
+        if queue:
+            executor = self._executor()
+            futures = {index: executor.submit(function, jobs[index]) for index in queue}
+            try:
+                for index, future in futures.items():
+                    results[index] = self._result(future)
+            except BaseException:
+                for future in futures.values():
+                    future.cancel()
+                raise
+        return results
+
+    def worth_workers(self, runs_left: int, seconds_per_run: float) -> bool:
+        """Whether ``runs_left`` runs of ``seconds_per_run`` each end sooner on the workers, counting
+        their start."""
+        if self.workers == 1 or runs_left < 2:
+            return False
+        saved = runs_left * seconds_per_run * (1 - 1 / min(self.workers, runs_left))
+        return saved > self.startup_seconds
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self.executor is None:
+            if self.prepare is not None:
+                self.prepare()
+                self.prepare = None
+            self.executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_set_worker_threads,
+                initargs=(max(1, usable_cores() // self.workers),),
+            )
+        return self.executor
+
+    @staticmethod
+    def _result(future: Future) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            raise PoolftError(
+                "a worker process of the sweep died (out of memory?); rerun with --workers 1, "
+                "or fewer workers: finished runs are kept and skipped"
+            ) from None
