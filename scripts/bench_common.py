@@ -252,6 +252,8 @@ def poolft_train_command(
 def poolft_train_command_for(args: Any, output_dir: Path, mixed_precision: str) -> list[str]:
     """``poolft_train_command`` from a benchmark's parsed arguments (the options every benchmark shares)."""
     extra = ["--train.torch_threads", str(args.threads)] if args.threads else []
+    if getattr(args, "pad_to", None):
+        extra += ["--data.pad_to_multiple_of", str(args.pad_to)]
     return poolft_train_command(
         output_dir,
         image=args.image,
@@ -285,6 +287,7 @@ class BatchStats:
     num_layers: int
     hidden_size: int
     nonembedding_params: int
+    pad_to_multiple_of: int | None = None  # data.pad_to_multiple_of: each batch padded up to a multiple
 
     @property
     def samples(self) -> int:
@@ -296,7 +299,8 @@ class BatchStats:
 
     @property
     def executed_tokens(self) -> int:
-        return sum(len(b) * max(b) for b in self.batches)
+        multiple = self.pad_to_multiple_of or 1
+        return sum(len(b) * -(-max(b) // multiple) * multiple for b in self.batches)
 
     @property
     def padding_efficiency(self) -> float:
@@ -355,7 +359,9 @@ def poolft_batches(run_dir: Path) -> BatchStats:
     encoder = transformers.AutoConfig.from_pretrained(str(run_dir))
     encoder = getattr(encoder, "encoder_config", encoder)
     model_params = nonembedding_params_of_config(encoder)
-    return BatchStats(batches, encoder.num_hidden_layers, encoder.hidden_size, model_params)
+    return BatchStats(
+        batches, encoder.num_hidden_layers, encoder.hidden_size, model_params, config.data.pad_to_multiple_of
+    )
 
 
 # ----------------------------------------------------------------------------------------------

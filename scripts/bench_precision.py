@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--threads", type=int, default=None, help="train.torch_threads for every run")
+    parser.add_argument("--pad-to", type=int, default=None, help="text: data.pad_to_multiple_of for every run")
     parser.add_argument("--no-compile", action="store_true", help="skip the train.compile rows")
     parser.add_argument("--workdir", type=Path, default=None, help="keep run folders and logs here (default: temp)")
     args = parser.parse_args(argv)

@@ -14,6 +14,8 @@ then accuracy on the full 872-sentence validation split:
       during training, ``report_to="none"``, the final model saved as a user would;
   (c) as (b) with ``train_sampling_strategy="group_by_length"``.
 
+``--pad-to N`` pads every text batch of every job to a multiple of N tokens.
+
 The Trainer runs use poolft's precision (``bf16=True`` when poolft's ``metrics.json`` says it trained in
 bf16) and also poolft's warm-up share (6%), weight decay (0.01) and gradient clipping (1.0), so the
 remaining differences are the head, the head's learning rate (poolft: 1e-3), batch order and the
@@ -190,7 +192,7 @@ def text_inputs(args: argparse.Namespace):
     model = AutoModelForSequenceClassification.from_pretrained(
         backbone, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
     )
-    return model, tokenizer, train_set, eval_set, DataCollatorWithPadding(tokenizer)
+    return model, tokenizer, train_set, eval_set, DataCollatorWithPadding(tokenizer, pad_to_multiple_of=args.pad_to)
 
 
 def image_inputs(args: argparse.Namespace):
@@ -301,7 +303,11 @@ def run_trainer(args: argparse.Namespace, workdir: Path, name: str, bf16: bool) 
         "--image-size",
         str(args.image_size),
     ]
-    for flag, value in (("--eval-samples", args.eval_samples), ("--max-steps", args.max_steps)):
+    for flag, value in (
+        ("--eval-samples", args.eval_samples),
+        ("--max-steps", args.max_steps),
+        ("--pad-to", args.pad_to),
+    ):
         if value:
             command += [flag, str(value)]
     if args.threads:
@@ -474,6 +480,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every job (default: torch's)")
+    parser.add_argument(
+        "--pad-to",
+        type=int,
+        default=None,
+        help="text: pad every batch to a multiple of this many tokens, in every job (poolft: data.pad_to_multiple_of; "
+        "Trainer: DataCollatorWithPadding's pad_to_multiple_of); fewer shapes for oneDNN to build kernels for",
+    )
     parser.add_argument("--jobs", nargs="+", choices=JOBS, default=list(JOBS), help="which jobs to run")
     parser.add_argument("--workdir", type=Path, default=None, help="keep run folders and logs here (default: temp)")
     # internal: one Trainer job (run by the parent in its own process)
