@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import PoolftError
@@ -34,6 +37,24 @@ def check_workers(workers: int) -> int:
     if workers < 1:
         raise PoolftError(f"--workers {workers} must be 1 or more: the number of runs trained at once")
     return workers
+
+
+@contextmanager
+def workers_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside ignore SIGINT (an ignored signal stays ignored across ``exec``).
+
+    Ctrl-C reaches every process of the terminal's group; a worker would print a traceback from
+    wherever it stood (an import, an idle wait). Only the parent handles it: it stops the workers
+    and reports one line (``RunPool.close``).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _set_worker_threads(threads: int) -> None:
@@ -77,13 +98,23 @@ class RunPool:
     def __enter__(self) -> RunPool:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        self.close(interrupted=kind is not None and issubclass(kind, KeyboardInterrupt))
 
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+    def close(self, interrupted: bool = False) -> None:
+        """Stop the workers: after their current runs, or at once when ``interrupted`` (Ctrl-C).
+
+        A run stopped at once keeps what it wrote (every file is written atomically) and resumes
+        from its latest checkpoint on the next sweep.
+        """
+        if self.executor is None:
+            return
+        if interrupted:
+            # ProcessPoolExecutor has no public way to stop running calls before Python 3.14
+            for process in list(getattr(self.executor, "_processes", {}).values()):
+                process.terminate()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = None
 
     def map(self, function: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
         """``[function(job) for job in jobs]``, in that order, inline or on the workers (see the class)."""
@@ -98,7 +129,8 @@ class RunPool:
                 seconds, timed = seconds + time.perf_counter() - started, timed + 1
         if queue:
             executor = self._executor()
-            futures = {index: executor.submit(function, jobs[index]) for index in queue}
+            with workers_ignore_ctrl_c():  # the workers start on the first submits
+                futures = {index: executor.submit(function, jobs[index]) for index in queue}
             try:
                 for index, future in futures.items():
                     results[index] = self._result(future)
@@ -134,7 +166,12 @@ class RunPool:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return future.result()
+            while True:
+                try:
+                    # in short waits: a signal (Ctrl-C) is handled between them, not after the run
+                    return future.result(timeout=0.5)
+                except TimeoutError:
+                    continue
         except BrokenProcessPool:
             raise PoolftError(
                 "a worker process of the sweep died (out of memory?); rerun with --workers 1, "

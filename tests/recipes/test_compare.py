@@ -169,3 +169,33 @@ def test_probe_heads_train_on_one_thread_unless_the_config_says():
     base.train.torch_threads = 2
     assert track_config(base, "probe").train.torch_threads == 2  # the user's setting wins
     assert base.train.torch_threads == 2  # and the base config is not changed
+
+
+def test_ctrl_c_stops_the_workers_at_once():
+    import os
+    import signal
+    import threading
+    import time
+
+    pool = RunPool(2, startup_seconds=0)
+    workers = []
+
+    def interrupt():  # Ctrl-C while both workers run a 60 s job
+        workers.extend(pool.executor._processes.values())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(3.0, interrupt)
+    started = time.perf_counter()
+    try:
+        with pool:
+            pool._executor()  # workers already up: every job goes to them
+            timer.start()
+            pool.map(time.sleep, [60, 60, 60])
+        raise AssertionError("the interrupt did not reach map")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - started < 30  # not the 60 s the running jobs had left
+    assert len(workers) == 2 and not any(worker.is_alive() for worker in workers)
+    assert pool.executor is None
