@@ -386,6 +386,18 @@ CASES = [
         ("cannot write to output_dir", "Not a directory", "choose a writable folder"),
     ),
     Case(
+        "feature cache folder that is a file",
+        lambda ws: text_args(
+            ws,
+            ws.out("cache"),
+            None,
+            "--train.freeze_backbone=true",
+            "--train.feature_cache=true",
+            f"--train.feature_cache_dir={ws.path('a_file.txt', 'cache')}",
+        ),
+        ("train.feature_cache_dir", "a_file.txt is a file", "set it to a writable folder"),
+    ),
+    Case(
         "checkpoint path that does not exist",
         lambda ws: text_args(ws, ws.out("resume"), None, f"--train.resume_from_checkpoint={ws.path('no', 'step-5')}"),
         ("step-5 cannot be used: no such folder", "or 'latest'"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,8 @@ def run_compare(
     )
     if workers is None:
         workers = usable_cores() if track == "probe" else 1
-    with RunPool(check_workers(workers), prepare=sweep.cache_builder()) as pool:
+    # the runs' progress lines go to stderr (as in the workers): stdout holds the table alone
+    with RunPool(check_workers(workers), prepare=sweep.cache_builder()) as pool, redirect_stdout(sys.stderr):
         sweep.run(pool)
     records = [r for r in load_results(folder / "results" / TASK / track) if r["head"] in heads]
     runs_by_head = grouped(records)[(TASK, track)]

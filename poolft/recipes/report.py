@@ -211,11 +211,13 @@ def budget_lines(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
     cpus = sorted({machine(r["hardware"]) for runs in runs_by_head.values() for r in runs})
     size = f"image size {data['image_size']} px" if data.get("image_size") else f"max length {data['max_length']}"
     commits = sorted({r["software"]["poolft_commit"][:12] for runs in runs_by_head.values() for r in runs})
+    # train.max_steps, when set, ends a run before its epochs do
+    length = f"{train['max_steps']} steps" if train.get("max_steps") else f"{train['epochs']:g} epoch(s)"
     lines = [
         f"- Backbone: `{first['backbone']['path']}` (weights sha256 `{first['backbone']['sha256'][:16]}…`)",
         f"- Data: train {first['train_size']} examples, evaluated on the full `{data['eval_split']}` split "
         f"({first['eval_size']} examples); {size}",
-        f"- Budget per run: {train['epochs']:g} epoch(s), batch {train['batch_size']}, "
+        f"- Budget per run: {length}, batch {train['batch_size']}, "
         f"{train['scheduler']} schedule, mixed precision {first['mixed_precision']}"
         + (", frozen backbone (features cached once)" if train["feature_cache"] else ", whole model trained"),
         rate_line(first, runs_by_head),

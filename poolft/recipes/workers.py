@@ -57,10 +57,26 @@ def workers_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _set_worker_threads(threads: int) -> None:
+def _start_worker(threads: int) -> None:
+    import sys
+
     import torch
 
     torch.set_num_threads(threads)
+    sys.stdout = sys.stderr  # a run's progress lines: stdout is the command's result (compare's table)
+
+
+def check_not_a_worker_import() -> None:
+    """A one-line error where a worker process is re-running the user's script as it starts.
+
+    ``spawn`` imports the script that started the parent; without ``if __name__ == "__main__":``
+    around the call, the worker would start the sweep again and train runs beside its parent.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise PoolftError(
+            "poolft was started again inside one of its own worker processes: in a script that runs a sweep or "
+            'compare with workers, put the call under `if __name__ == "__main__":` (or use --workers 1)'
+        )
 
 
 #: what starting the workers costs, in seconds (each imports torch, transformers and datasets: 5 s
@@ -90,6 +106,7 @@ class RunPool:
         prepare: Callable[[], None] | None = None,
         startup_seconds: float | None = None,
     ) -> None:
+        check_not_a_worker_import()
         self.workers = check_workers(workers)
         self.prepare = prepare
         self.startup_seconds = WORKER_STARTUP_SECONDS if startup_seconds is None else startup_seconds
@@ -156,7 +173,7 @@ class RunPool:
             self.executor = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_set_worker_threads,
+                initializer=_start_worker,
                 initargs=(max(1, usable_cores() // self.workers),),
             )
         return self.executor
@@ -174,6 +191,6 @@ class RunPool:
                     continue
         except BrokenProcessPool:
             raise PoolftError(
-                "a worker process of the sweep died (out of memory?); rerun with --workers 1, "
-                "or fewer workers: finished runs are kept and skipped"
+                "a worker process of the sweep died (out of memory, or a script that calls poolft without "
+                '`if __name__ == "__main__":`); rerun with --workers 1 or fewer workers: finished runs are kept'
             ) from None

@@ -123,6 +123,25 @@ def cache_key(
     }
 
 
+def check_cache_root(root: str | None) -> None:
+    """A one-line error, before a run writes anything, when the cache root cannot hold folders.
+
+    Raises:
+        PoolftError: ``root`` (or its nearest existing parent) is a file or is not writable.
+    """
+    path = Path(root or DEFAULT_CACHE_DIR).absolute()
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        problem = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return
+    raise PoolftError(
+        f"train.feature_cache_dir {path} cannot hold the feature cache ({problem}); set it to a writable folder"
+    )
+
+
 def cache_folder(root: str | None, key: dict[str, Any], split: Dataset) -> Path:
     """``root/<digest>``: one folder per (cache key, split fingerprint)."""
     text = json.dumps({**key, "split": split._fingerprint}, sort_keys=True)
@@ -197,7 +216,13 @@ def build_cache(
         return folder
     temporary = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
+    try:
+        temporary.mkdir(parents=True)
+    except OSError as error:  # the cache root is a file, or not writable
+        raise PoolftError(
+            f"cannot write the feature cache in {folder.parent} ({error.strerror}); "
+            "set train.feature_cache_dir to a writable folder"
+        ) from None
     states, offsets, layout = compute_states(model, split, collator, task, lengths, batch_size, dtype, autocast_dtype)
     np.save(temporary / "states.npy", states)
     np.save(temporary / "offsets.npy", offsets)
@@ -304,7 +329,7 @@ def cached_loader_inputs(
 
     Raises:
         PoolftError: a learned (``weighted``) layer combination, which sits before the cached
-            states and so could not be trained on them.
+            states and so could not be trained on them; a cache folder that cannot be written.
     """
     if model.config.layer_combine == "weighted" and len(model.config.hidden_layers) > 1:
         raise PoolftError(

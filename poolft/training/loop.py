@@ -67,7 +67,7 @@ from .compilation import (
 )
 from .cpu_dropout import use_cpu_dropout
 from .fault_injection import maybe_fail
-from .feature_cache import CachedStatesCollator, HeadOnCachedStates, cached_loader_inputs
+from .feature_cache import CachedStatesCollator, HeadOnCachedStates, cached_loader_inputs, check_cache_root
 from .optim import build_optimizer, build_scheduler, freeze_backbone
 from .run_folder import (
     CONFIG_FILE,
@@ -510,6 +510,8 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
     ``output_dir``, which ``train_lpft`` has already checked and which an overwrite keeps."""
     started = time.perf_counter()
     accelerator = build_accelerator(config)
+    if config.train.feature_cache:
+        check_cache_root(config.train.feature_cache_dir)  # before the run writes anything
     if config.train.output_dir is None:
         config.train.output_dir = shared_on_main(accelerator, lambda: default_output_dir(config))
     if warmed_head is None:

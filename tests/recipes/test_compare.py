@@ -46,7 +46,7 @@ def test_compare_on_a_folder_of_user_files(tmp_path, tiny_bert_dir, capsys, monk
     for head in ("stock", "mean", "attention"):
         assert f"| {head} |" in out
     table = (output / "README.md").read_text(encoding="utf-8")
-    assert out.endswith(f"{table}poolft compare: table and plot in {output}\n")  # the table comes last
+    assert out == f"{table}poolft compare: table and plot in {output}\n"  # the runs' progress went to stderr
     assert (output / "compare.png").stat().st_size > 1000
     # each seed run kept its per-example predictions, in the evaluation split's row order
     record = json.loads((output / "results" / "compare" / "probe" / "mean-seed1.json").read_text())
@@ -169,6 +169,18 @@ def test_probe_heads_train_on_one_thread_unless_the_config_says():
     base.train.torch_threads = 2
     assert track_config(base, "probe").train.torch_threads == 2  # the user's setting wins
     assert base.train.torch_threads == 2  # and the base config is not changed
+
+
+def test_a_script_re_run_by_a_starting_worker_stops_before_it_trains(monkeypatch):
+    import multiprocessing
+
+    import pytest
+
+    from poolft.errors import PoolftError
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(PoolftError, match='put the call under `if __name__ == "__main__":`'):
+        RunPool(2)
 
 
 def test_ctrl_c_stops_the_workers_at_once():

@@ -531,3 +531,13 @@ def test_a_tie_at_the_end_of_the_grid_does_not_grow_it(tmp_path, tiny_bert_dir, 
     monkeypatch.setattr(sweep, "held_out_accuracies", lambda runs, pool: [tried.append(r) or 0.615 for _, r in runs])
     rate, search = sweep.choose_rate("mean")
     assert tried == [1e-3, 1e-2, 1e-1] and rate == 1e-3  # every rate tied: no evidence to go past 1e-3
+
+
+def test_budget_line_says_steps_when_max_steps_ends_the_runs():
+    from poolft.recipes.report import budget_lines
+
+    by_epochs = fixture_result("sst2", "finetune", "stock", 0, 0.8)
+    by_steps = fixture_result("sst2", "finetune", "stock", 0, 0.8)
+    by_steps["hyperparameters"]["train"]["max_steps"] = 3
+    assert "- Budget per run: 1 epoch(s), batch 32," in "\n".join(budget_lines({"stock": [by_epochs]}))
+    assert "- Budget per run: 3 steps, batch 32," in "\n".join(budget_lines({"stock": [by_steps]}))

@@ -100,3 +100,20 @@ def test_eval_takes_local_files_and_a_malformed_mapping_is_one_line(tmp_path, ti
 
     assert main(["eval", f"--model={output}", f"--data.data_files={{validation:{validation}}}"]) == 2
     assert "not a mapping of split to file" in one_error_line(capsys)
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from poolft.training.run_folder import write_atomically
+
+    previous = os.umask(0o022)
+    try:
+        write_atomically(tmp_path / "metrics.json", "{}\n")
+        (tmp_path / "plain.json").write_text("{}\n")
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert (tmp_path / "metrics.json").read_text() == "{}\n"
