@@ -386,6 +386,11 @@ CASES = [
         ("cannot write to output_dir", "Not a directory", "choose a writable folder"),
     ),
     Case(
+        "data_files mapping without a space after the colon",
+        lambda ws: text_args(ws, ws.out("a"), None, f"--data.data_files={{train:{ws.path('text', 'train.csv')}}}"),
+        ("data.data_files has the split 'train:", "write a space after each colon"),
+    ),
+    Case(
         "feature cache folder that is a file",
         lambda ws: text_args(
             ws,

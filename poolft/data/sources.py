@@ -175,6 +175,11 @@ def _load_raw(config: DataConfig, need_train: bool) -> tuple[DatasetDict, dict[s
 def _load_files(files: dict[str, str]) -> DatasetDict:
     builders = set()
     for split, path in files.items():
+        if str(path) in ("None", "") and ":" in str(split):  # YAML read "{train:a.csv}" as the key "train:a.csv"
+            raise PoolftError(
+                f"data.data_files has the split {split!r} with no file; write a space after each colon, "
+                "e.g. --data.data_files '{train: a.csv, validation: b.csv}'"
+            )
         suffix = Path(path).suffix.lower()
         if suffix not in FILE_BUILDERS:
             raise PoolftError(
