@@ -18,28 +18,24 @@ from poolft.recipes.significance import decode_predictions
 from poolft.recipes.workers import RunPool
 
 
-def test_compare_on_a_folder_of_user_files(tmp_path, tiny_bert_dir, capsys, monkeypatch):
-    files = write_sentiment_csv(tmp_path / "my-data", train_size=96, eval_size=32)
-    output = tmp_path / "compare"
-    arguments = [
+def tiny_text_compare(tmp_path, backbone, files: dict[str, str], heads: str) -> list[str]:
+    """``poolft compare`` arguments for a tiny text run: ``heads``, seeds 0 and 1, two rates, no grid growth."""
+    return [
         "compare",
-        f"--model.backbone={tiny_bert_dir}",
+        f"--model.backbone={backbone}",
         f"--data.data_files={json.dumps(files)}",
         "--data.max_length=32",
         "--train.batch_size=16",
         "--train.mixed_precision=no",
         f"--train.feature_cache_dir={tmp_path / 'cache'}",
-        "--poolers",
-        "stock,mean,attention",
-        "--seeds",
-        "0,1",
-        "--rates",
-        "1e-2,1e-1",
-        "--grid-extensions",
-        "0",
-        "--output",
-        str(output),
+        *("--poolers", heads, "--seeds", "0,1", "--rates", "1e-2,1e-1", "--grid-extensions", "0"),
     ]
+
+
+def test_compare_on_a_folder_of_user_files(tmp_path, tiny_bert_dir, capsys, monkeypatch):
+    files = write_sentiment_csv(tmp_path / "my-data", train_size=96, eval_size=32)
+    output = tmp_path / "compare"
+    arguments = [*tiny_text_compare(tmp_path, tiny_bert_dir, files, "stock,mean,attention"), "--output", str(output)]
     assert main(arguments) == 0
     out = capsys.readouterr().out
     assert "| head |" in out and "95% CI" in out and "Best: **" in out
@@ -74,21 +70,13 @@ def test_compare_on_a_folder_of_user_files(tmp_path, tiny_bert_dir, capsys, monk
 
 def test_heads_trained_on_worker_processes_record_what_one_process_records(tmp_path, tiny_bert_dir, monkeypatch):
     files = write_sentiment_csv(tmp_path / "my-data", train_size=96, eval_size=32)
-    common = [
-        f"--model.backbone={tiny_bert_dir}",
-        f"--data.data_files={json.dumps(files)}",
-        "--data.max_length=32",
-        "--train.batch_size=16",
-        "--train.mixed_precision=no",
-        f"--train.feature_cache_dir={tmp_path / 'cache'}",
-        *("--poolers", "mean,attention", "--seeds", "0,1", "--rates", "1e-2,1e-1", "--grid-extensions", "0"),
-    ]
-    assert main(["compare", *common, "--workers", "1", "--output", str(tmp_path / "one")]) == 0
+    common = tiny_text_compare(tmp_path, tiny_bert_dir, files, "mean,attention")
+    assert main([*common, "--workers", "1", "--output", str(tmp_path / "one")]) == 0
     started = []
     original = RunPool._executor
     monkeypatch.setattr(RunPool, "_executor", lambda pool: started.append(pool.workers) or original(pool))
     monkeypatch.setattr(poolft.recipes.workers, "WORKER_STARTUP_SECONDS", 0.0)  # tiny runs: start them anyway
-    assert main(["compare", *common, "--workers", "2", "--output", str(tmp_path / "two")]) == 0
+    assert main([*common, "--workers", "2", "--output", str(tmp_path / "two")]) == 0
     assert started and set(started) == {2}
     one, two = (sorted((tmp_path / out / "results").rglob("*.json")) for out in ("one", "two"))
     assert [path.relative_to(tmp_path / "one") for path in one] == [path.relative_to(tmp_path / "two") for path in two]
