@@ -27,7 +27,7 @@ from ..errors import PoolftError
 from ..pooling import available_poolers
 from .report import budget_lines, grouped, load_results, plot, track_section
 from .sweep import HEAD_VARIANTS, STOCK, Sweep, head_config, known_heads, parse_list, parse_seeds
-from .workers import RunPool, check_workers, usable_cores
+from .workers import RunPool, usable_cores
 
 TRACKS = {"probe": "probe", "finetune": "finetune", "lpft": "finetune-lpft", "finetune-lpft": "finetune-lpft"}
 #: the rates searched by default: the head's rate on cached states, the backbone's when fine-tuning
@@ -149,7 +149,7 @@ def run_compare(
     if workers is None:
         workers = usable_cores() if track == "probe" else 1
     # the runs' progress lines go to stderr (as in the workers): stdout holds the table alone
-    with RunPool(check_workers(workers), prepare=sweep.cache_builder()) as pool, redirect_stdout(sys.stderr):
+    with RunPool(workers, prepare=sweep.cache_builder()) as pool, redirect_stdout(sys.stderr):
         sweep.run(pool)
     records = [r for r in load_results(folder / "results" / TASK / track) if r["head"] in heads]
     runs_by_head = grouped(records)[(TASK, track)]

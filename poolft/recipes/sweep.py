@@ -26,7 +26,7 @@ from ..training.feature_cache import weights_digest
 from ..training.loop import PREDICTIONS_FILE
 from ..training.run_folder import CONFIG_FILE, holds_other_run, set_aside, write_json
 from .significance import encode_predictions
-from .workers import RunPool, check_workers
+from .workers import RunPool
 
 STOCK = "stock"
 
@@ -155,6 +155,10 @@ class RunJob:
     head: str
     seed: int
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.config.train.output_dir = str(self.output_dir)
+        self.config.train.progress = False
 
 
 def report_to_stderr(message: str) -> None:
@@ -305,8 +309,6 @@ class Sweep:
 
     def recorded(self, job: RunJob) -> bool:
         """Whether ``job.result`` records this exact run (then it is not trained again)."""
-        job.config.train.output_dir = str(job.output_dir)
-        job.config.train.progress = False
         if not job.result.is_file():
             return False
         record = json.loads(job.result.read_text())
@@ -325,8 +327,6 @@ class Sweep:
         from ..training.loop import train
 
         config, output_dir, head, seed = job.config, job.output_dir, job.head, job.seed
-        config.train.output_dir = str(output_dir)
-        config.train.progress = False
         identity = run_hash(config)
         seed_run = "rate-search" not in job.result.parts
         if (output_dir / CONFIG_FILE).is_file() and holds_other_run(config, output_dir):
@@ -460,5 +460,5 @@ def run_sweep(
         Path(runs_dir),
         grid_extensions=grid_extensions,
     )
-    with RunPool(check_workers(workers), prepare=sweep.cache_builder()) as pool:
+    with RunPool(workers, prepare=sweep.cache_builder()) as pool:  # RunPool checks workers
         return sweep.run(pool)
