@@ -13,6 +13,7 @@ import shutil
 import sys
 import textwrap
 import typing
+from pathlib import Path
 from typing import Any
 
 from .errors import PoolftError
@@ -287,12 +288,23 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     metrics = train(config)
     if int(os.environ.get("RANK", "0")) != 0:  # one summary line per run, not per process
         return 0
-    final = metrics["final"]
-    print(
-        f"poolft: validation accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f} "
-        f"({final['samples']} examples) in {metrics['wall_seconds']:.0f} s; model saved to {config.train.output_dir}"
-    )
+    print(run_summary_line(metrics, config.train.output_dir, config.train.save_model))
     return 0
+
+
+def run_summary_line(metrics: dict[str, Any], output_dir: str, save_model: bool) -> str:
+    """The one line ``poolft train`` ends with: the final scores, the time, and what was saved where."""
+    final = metrics["final"]
+    if save_model:
+        saved = f"model saved to {output_dir}"
+    elif (Path(output_dir) / "best").is_dir():
+        saved = f"no final model (train.save_model false); best model in {Path(output_dir) / 'best'}"
+    else:
+        saved = f"no model saved (train.save_model false); metrics and predictions in {output_dir}"
+    return (
+        f"poolft: validation accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f} "
+        f"({final['samples']} examples) in {metrics['wall_seconds']:.0f} s; {saved}"
+    )
 
 
 def run_eval(args: argparse.Namespace, _: list[str]) -> int:

@@ -269,26 +269,40 @@ class CachedStates(torch.utils.data.Dataset):
         return (self.ends - self.starts).tolist()
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        start, end = self.starts[index], self.ends[index]
-        # a copy: memory-mapped rows are read-only and torch wants writable arrays
-        label = self.labels[index]
-        label = int(label) if label.ndim == 0 else label.astype(np.float32)
-        return {"states": np.array(self.states[start:end], dtype=np.float32), "labels": label}
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Rows ``indices`` read with one gather from the memory map (a batch costs one read, not one per row).
+
+        Each row's ``states`` is a float32 ``(tokens_i, hidden)`` view into one writable copy.
+        """
+        rows = np.asarray(indices, dtype=np.int64)
+        starts, lengths = self.starts[rows], self.ends[rows] - self.starts[rows]
+        ends = np.cumsum(lengths)
+        # token t of the batch is token (t - first token of its row) of that row's cached span
+        tokens = np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
+        states = np.asarray(self.states[tokens], dtype=np.float32)
+        labels = self.labels[rows]
+        return [
+            {"states": row_states, "labels": int(label) if label.ndim == 0 else label.astype(np.float32)}
+            for row_states, label in zip(np.split(states, ends[:-1]), labels, strict=True)
+        ]
 
 
 class CachedStatesCollator:
     """Right-pads cached states: ``hidden_states`` ``(batch, tokens, hidden)``, ``attention_mask``, ``labels``."""
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(e["states"]) for e in examples)
-        hidden = examples[0]["states"].shape[1]
-        states = torch.zeros(len(examples), longest, hidden)
-        mask = torch.zeros(len(examples), longest, dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example["states"])
-            states[row, :n] = torch.from_numpy(example["states"])
-            mask[row, :n] = 1
-        return {"hidden_states": states, "attention_mask": mask, "labels": stack_labels(examples)}
+        lengths = np.array([len(e["states"]) for e in examples])
+        states = np.zeros((len(examples), lengths.max(), examples[0]["states"].shape[1]), dtype=np.float32)
+        for row, example in enumerate(examples):  # numpy row copies: cheaper than one torch index_put here
+            states[row, : lengths[row]] = example["states"]
+        mask = np.arange(lengths.max()) < lengths[:, None]  # (batch, longest)
+        return {
+            "hidden_states": torch.from_numpy(states),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+            "labels": stack_labels(examples),
+        }
 
 
 class HeadOnCachedStates(nn.Module):

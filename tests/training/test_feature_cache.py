@@ -287,3 +287,38 @@ def test_weights_digest_is_the_files_sha256_and_follows_a_rewrite(tmp_path):
     (folder / "model.safetensors").write_bytes(b"other weights, longer")
     assert feature_cache.weights_digest(str(folder)) == hashlib.sha256(b"other weights, longer").hexdigest()
     assert feature_cache.weights_digest("org/name-on-the-hub") == hashlib.sha256(b"org/name-on-the-hub").hexdigest()
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_a_batch_read_from_the_cache_is_its_rows_right_padded(tmp_path, multi_label):
+    """One gather per batch returns each row's own span; the collator pads them as a plain loop does."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9, size=12)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    states = rng.standard_normal((offsets[-1], 5)).astype(np.float16)
+    labels = (rng.random((12, 3)) > 0.5).astype(np.float32) if multi_label else rng.integers(0, 4, size=12)
+    np.save(tmp_path / "states.npy", states)
+    np.save(tmp_path / "offsets.npy", offsets)
+    np.save(tmp_path / "labels.npy", labels)
+    (tmp_path / "meta.json").write_text("{}", encoding="utf-8")
+
+    view = feature_cache.CachedStates(tmp_path).rows([11, 3, 4, 0, 7])  # a held-out style row view
+    batch = [4, 0, 2, 2]  # rows of the view, one twice (a filler copy)
+    read = view.__getitems__(batch)
+    expected_rows = [[11, 3, 4, 0, 7][i] for i in batch]
+    for item, row in zip(read, expected_rows, strict=True):
+        np.testing.assert_array_equal(item["states"], states[offsets[row] : offsets[row + 1]].astype(np.float32))
+        np.testing.assert_array_equal(np.asarray(item["labels"]), labels[row])
+    np.testing.assert_array_equal(view[batch[1]]["states"], read[1]["states"])  # one row alone
+
+    collated = feature_cache.CachedStatesCollator()(read)
+    longest = max(lengths[row] for row in expected_rows)
+    padded = torch.zeros(len(batch), longest, 5)
+    mask = torch.zeros(len(batch), longest, dtype=torch.long)
+    for i, row in enumerate(expected_rows):
+        for t in range(lengths[row]):
+            padded[i, t] = torch.tensor(states[offsets[row] + t].astype(np.float32))
+            mask[i, t] = 1
+    torch.testing.assert_close(collated["hidden_states"], padded, rtol=0, atol=0)
+    torch.testing.assert_close(collated["attention_mask"], mask, rtol=0, atol=0)
+    assert collated["labels"].tolist() == [labels[row].tolist() for row in expected_rows]

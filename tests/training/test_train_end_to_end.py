@@ -35,6 +35,7 @@ def text_overrides(tmp_path, backbone, output="run") -> list[str]:
 def test_text_run_trains_saves_and_reloads(tmp_path, tiny_bert_dir, capsys):
     assert main(["train", *text_overrides(tmp_path, tiny_bert_dir), "--model.pooler=mean"]) == 0
     run = tmp_path / "run"
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"; model saved to {run}")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["final"]["samples"] == 48
     assert metrics["global_step"] == 64  # 256 / 16 * 4 epochs
@@ -151,6 +152,20 @@ def test_quickstart_defaults_use_the_embedded_sample_and_offline_backbone(tmp_pa
     assert metrics["backbone"] == backbone
     assert metrics["train_size"] == 14000 and metrics["final"]["samples"] == 32
     assert metrics["label_names"] == ["negative", "positive"]
+
+
+@pytest.mark.parametrize("save_best", [True, False])
+def test_the_last_line_says_what_a_run_without_a_model_saved(tmp_path, tiny_bert_dir, capsys, save_best):
+    overrides = [*text_overrides(tmp_path, tiny_bert_dir), "--train.epochs=1", "--train.save_model=false"]
+    assert main(["train", *overrides, f"--train.save_best_model={str(save_best).lower()}"]) == 0
+    run = tmp_path / "run"
+    assert not (run / "model.safetensors").exists()
+    assert (run / "best").is_dir() == save_best
+    last = capsys.readouterr().out.splitlines()[-1]
+    if save_best:
+        assert last.endswith(f"; no final model (train.save_model false); best model in {run / 'best'}")
+    else:
+        assert last.endswith(f"; no model saved (train.save_model false); metrics and predictions in {run}")
 
 
 def test_stock_image_head_trains_at_another_image_size(tmp_path, tiny_vit_dir):
