@@ -281,7 +281,8 @@ class CachedStates(torch.utils.data.Dataset):
         ends = np.cumsum(lengths)
         # token t of the batch is token (t - first token of its row) of that row's cached span
         tokens = np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
-        states = np.asarray(self.states[tokens], dtype=np.float32)
+        # torch widens float16 about 5x faster than numpy's astype
+        states = torch.from_numpy(np.asarray(self.states[tokens])).float().numpy()
         labels = self.labels[rows]
         return [
             {"states": row_states, "labels": int(label) if label.ndim == 0 else label.astype(np.float32)}
