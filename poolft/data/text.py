@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import marshal
+import types
 from typing import Any
 
 import tokenizers
@@ -115,8 +115,39 @@ def tokenized_fingerprint(
     digest = hashlib.sha256(split._fingerprint.encode())
     digest.update(json.dumps({"tokenizer": identity, "settings": settings}, sort_keys=True).encode())
     for function in functions:
-        digest.update(marshal.dumps(function.__code__))
+        digest.update(repr(code_parts(function.__code__)).encode())
     return digest.hexdigest()[:32]
+
+
+def code_parts(code: types.CodeType) -> tuple[Any, ...]:
+    """What a code object computes, as plain values whose ``repr`` is the same in every process.
+
+    Not ``marshal.dumps``: its bytes depend on the reference counts of the constants (it marks an
+    object shared only when something else holds it), so the same function hashed differently
+    from one run to the next and the tokenize and feature caches missed. Frozenset constants are
+    sorted (their order follows the per-process string hash).
+    """
+    return (
+        code.co_code,
+        tuple(_constant_parts(constant) for constant in code.co_consts),
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+        code.co_argcount,
+        code.co_kwonlyargcount,
+        code.co_flags,
+    )
+
+
+def _constant_parts(constant: Any) -> Any:
+    if isinstance(constant, types.CodeType):
+        return code_parts(constant)
+    if isinstance(constant, tuple):
+        return tuple(_constant_parts(item) for item in constant)
+    if isinstance(constant, frozenset):
+        return ("frozenset", sorted(repr(_constant_parts(item)) for item in constant))
+    return (type(constant).__name__, repr(constant))
 
 
 def _as_text(value: Any) -> str:

@@ -92,3 +92,55 @@ def test_a_tokenizer_without_a_serialisable_backend_leaves_hashing_to_datasets(d
     for tokenizer in (PythonOnlyTokenizer(), CustomComponentTokenizer()):
         assert tokenizer_identity(tokenizer) is None
         assert tokenized_fingerprint(disk_split, tokenizer, [len], []) is None
+
+
+SOURCE = """
+def tokenize(batch):
+    texts = [t + 'a_constant_no_other_code_holds' for t in batch['a_column_no_other_code_names']]
+    return {'ids': [len(t) for t in texts if t not in {'x', 'y', 'z'}]}
+"""
+
+
+def compiled(source: str):
+    namespace: dict = {}
+    exec(compile(source, "tokenize_source", "exec"), namespace)
+    return namespace["tokenize"]
+
+
+def test_the_code_digest_does_not_follow_reference_counts(disk_split):
+    """``marshal.dumps`` marks a constant as shared only when something else holds it, so its bytes
+    changed between runs and the caches missed; the fingerprint must not change with who holds what."""
+    import marshal
+
+    tokenizer = save_bert_tokenizer(disk_split.cache_files[0]["filename"] + ".tok", VOCAB, lower=False)
+    function = compiled(SOURCE)
+    before_bytes = marshal.dumps(function.__code__)
+    before = tokenized_fingerprint(disk_split, tokenizer, [function], [])
+    held = [*function.__code__.co_consts, *function.__code__.co_names]  # a second holder of each constant
+    assert marshal.dumps(function.__code__) != before_bytes  # what the old digest hashed did change
+    assert tokenized_fingerprint(disk_split, tokenizer, [function], []) == before
+    assert held
+    # the same source compiled again gives the same digest; another constant gives another
+    assert tokenized_fingerprint(disk_split, tokenizer, [compiled(SOURCE)], []) == before
+    changed = compiled(SOURCE.replace("'y'", "'w'"))
+    assert tokenized_fingerprint(disk_split, tokenizer, [changed], []) != before
+
+
+def test_the_code_digest_is_the_same_under_another_string_hash_seed():
+    """A frozenset constant iterates in the order of the per-process string hash."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib; from poolft.data.text import code_parts\n"
+        f"namespace = {{}}; exec(compile({SOURCE!r}, 'tokenize_source', 'exec'), namespace)\n"
+        "print(hashlib.sha256(repr(code_parts(namespace['tokenize'].__code__)).encode()).hexdigest())"
+    )
+    digests = set()
+    for seed in ("1", "2"):
+        environment = {**os.environ, "PYTHONHASHSEED": seed}
+        output = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True)
+        assert output.returncode == 0, output.stderr
+        digests.add(output.stdout.strip())
+    assert len(digests) == 1
