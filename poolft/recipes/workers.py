@@ -89,7 +89,8 @@ class RunPool:
 
     Jobs run inline, one by one and timed, until the runs left would take longer on one process
     than on the workers plus ``startup_seconds`` to start them: a grid of runs of a second each is
-    not worth a worker's import of torch. From then on every job goes to the workers. ``prepare``
+    not worth a worker's import of torch. From then on the jobs go to the workers; while they start,
+    this process keeps running jobs from the end of the queue. ``prepare``
     (optional) runs once in this process before the workers start: the probe track computes the
     backbone's cached states there, on every core, so that the workers only read them. The workers
     stop on ``close`` (or at the end of a ``with`` block). Each gets ``max(1, usable_cores() //
@@ -145,17 +146,40 @@ class RunPool:
                 results[index] = function(jobs[index])
                 seconds, timed = seconds + time.perf_counter() - started, timed + 1
         if queue:
+            starting = self.executor is None
             executor = self._executor()
             with workers_ignore_ctrl_c():  # the workers start on the first submits
                 futures = {index: executor.submit(function, jobs[index]) for index in queue}
             try:
+                taken = self._work_while_workers_start(function, jobs, futures, results) if starting else set()
                 for index, future in futures.items():
-                    results[index] = self._result(future)
+                    if index not in taken:
+                        results[index] = self._result(future)
             except BaseException:
                 for future in futures.values():
                     future.cancel()
                 raise
         return results
+
+    @staticmethod
+    def _work_while_workers_start(
+        function: Callable[[Any], Any], jobs: Sequence[Any], futures: dict[int, Future], results: list[Any]
+    ) -> set[int]:
+        """Run jobs here, from the end of the queue, until a worker has finished one; returns their indices.
+
+        A starting worker spends seconds importing torch and transformers, and this process would
+        wait for it. A job is taken only when its future can still be cancelled (the workers have
+        not picked it up), so every job runs exactly once.
+        """
+        taken: set[int] = set()
+        for index in reversed(list(futures)):
+            if any(future.done() for i, future in futures.items() if i not in taken):
+                break  # the workers are up
+            if not futures[index].cancel():
+                break  # the workers have reached this job: every earlier one is theirs too
+            taken.add(index)
+            results[index] = function(jobs[index])
+        return taken
 
     def worth_workers(self, runs_left: int, seconds_per_run: float) -> bool:
         """Whether ``runs_left`` runs of ``seconds_per_run`` each end sooner on the workers, counting

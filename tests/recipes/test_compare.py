@@ -199,3 +199,30 @@ def test_ctrl_c_stops_the_workers_at_once():
     assert time.perf_counter() - started < 30  # not the 60 s the running jobs had left
     assert len(workers) == 2 and not any(worker.is_alive() for worker in workers)
     assert pool.executor is None
+
+
+def mark_once_and_wait(job: tuple[str, int]) -> int:
+    """A job that fails if it runs twice (its marker exists), takes 0.3 s, and says where it ran."""
+    import os
+    import time
+    from pathlib import Path
+
+    folder, index = job
+    (Path(folder) / str(index)).touch(exist_ok=False)
+    time.sleep(0.3)
+    return os.getpid()
+
+
+def test_this_process_runs_jobs_while_the_workers_start(tmp_path):
+    """Each starting worker imports torch for seconds: meanwhile the parent takes jobs from the end of
+    the queue, and every job still runs exactly once, with its result in job order."""
+    import os
+
+    jobs = [(str(tmp_path), index) for index in range(16)]
+    with RunPool(2, startup_seconds=0) as pool:
+        places = pool.map(mark_once_and_wait, jobs)
+    assert sorted(int(path.name) for path in tmp_path.iterdir()) == list(range(16))  # each ran, once
+    assert places[0] == os.getpid()  # the timed first job
+    here = [index for index, place in enumerate(places) if place == os.getpid()]
+    assert here[1:] and here[1:] == list(range(16 - len(here) + 1, 16))  # then jobs from the end
+    assert len(set(places) - {os.getpid()}) >= 1 and places[1] != os.getpid()  # the first queued: a worker
