@@ -389,6 +389,51 @@ STOCK_HEADS: dict[str, Callable[[PretrainedConfig], str]] = {
 STOCK_HEADS["DebertaForSequenceClassification"] = STOCK_HEADS["DebertaV2ForSequenceClassification"]
 
 
+#: stock image classifiers whose head is exactly a poolft pooler on the encoder's last states
+#: (read from each family's ``modeling_*.py``): class -> (pooler, pooler options)
+PROBE_STOCK_POOLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ViTForImageClassification": ("cls", {"dense": False}),
+    "DeiTForImageClassification": ("cls", {"dense": False}),
+    "Dinov2ForImageClassification": ("clsmean", {}),
+    "Dinov2WithRegistersForImageClassification": ("clsmean", {}),  # its registers are prefix tokens
+}
+
+
+def probe_stock_pooler(backbone: str, config: PretrainedConfig) -> tuple[str, dict[str, Any]]:
+    """The family's stock head as a poolft pooler, for the probe track (heads trained on cached states).
+
+    Text: the class token through the backbone's pretrained pooler dense + tanh (BERT's head) for every
+    text family. Images: the pooler that computes exactly what the family's
+    ``AutoModelForImageClassification`` head reads (ViT and DeiT the class token, DINOv2
+    ``[CLS, mean(patch tokens)]``, BEiT without mean pooling the class token).
+
+    Raises:
+        PoolftError: an image family without a stock classifier (CLIP's vision tower, SigLIP), or one
+            whose stock head is not a poolft pooler (BEiT's layer-normed mean): its stock head can only
+            be compared on the finetune track.
+    """
+    if modality_of(config) == "text":
+        return "cls", {"dense": True}
+    classifier = stock_head_class(config, "image")
+    name = classifier.__name__ if classifier is not None else None
+    if name in ("BeitForImageClassification", "Data2VecVisionForImageClassification") and not getattr(
+        config, "use_mean_pooling", False
+    ):
+        return "cls", {"dense": False}
+    if name in PROBE_STOCK_POOLERS:
+        pooler, options = PROBE_STOCK_POOLERS[name]
+        return pooler, dict(options)
+    if name is None:
+        raise PoolftError(
+            f"backbone {backbone} is a {config.model_type} and transformers has no stock image classifier for it, "
+            "so there is no stock head to compare with"
+        )
+    raise PoolftError(
+        f"the stock head of {name} ({STOCK_HEADS[name](config) if name in STOCK_HEADS else 'its own'}) is not a "
+        "poolft pooler on cached states; compare it with --track finetune"
+    )
+
+
 def stock_at_image_size(stock: PreTrainedModel, image_size: int | None) -> PreTrainedModel:
     """The stock image classifier rebuilt for ``image_size`` px, its position table resampled once.
 

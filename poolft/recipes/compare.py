@@ -61,8 +61,8 @@ def head_problem(base: RunConfig, head: str, track: str, backbone: str, backbone
     from ..models.backbones import check_pooler_fits, check_stock_head, modality_of
 
     is_text = modality_of(backbone_config) == "text"
-    config = head_config(base, head, track, is_text)
     try:
+        config = head_config(base, head, track, backbone_config)
         if config.model.stock_head:
             check_stock_head(backbone, backbone_config, "text" if is_text else "image")
         else:

@@ -95,13 +95,17 @@ def this_machine_precision(config: RunConfig) -> str:
     return precision_identity(resolve_mixed_precision(config.train.mixed_precision))
 
 
-def head_config(base: RunConfig, head: str, track: str, backbone_is_text: bool) -> RunConfig:
-    """The base config with ``head`` as pooler (``stock`` = the stock Hugging Face head)."""
+def head_config(base: RunConfig, head: str, track: str, backbone_config: Any) -> RunConfig:
+    """The base config with ``head`` as pooler (``stock`` = the stock Hugging Face head; on the probe
+    track its poolft equivalent on cached states, ``probe_stock_pooler``, which raises ``PoolftError``
+    where there is none)."""
+    from ..models.backbones import probe_stock_pooler
+
     config = copy.deepcopy(base)
     if head == STOCK:
         if track == "probe":
-            # the stock heads on cached states: BERT's CLS + pretrained dense+tanh, ViT's CLS token
-            config.model.pooler, config.model.pooler_options = "cls", {"dense": backbone_is_text}
+            pooler = probe_stock_pooler(base.model.backbone, backbone_config)
+            config.model.pooler, config.model.pooler_options = pooler
         else:
             config.model.stock_head = True
     elif head in HEAD_VARIANTS:
@@ -194,10 +198,10 @@ class Sweep:
         self.results = results_dir / task / track
         self.runs = runs_dir / task / track
         self.report = report
-        from ..models.backbones import load_backbone_config, modality_of, resolve_backbone
+        from ..models.backbones import load_backbone_config, resolve_backbone
 
         self.backbone = resolve_backbone(base.model.backbone)
-        self.is_text = modality_of(load_backbone_config(self.backbone, base.model)) == "text"
+        self.backbone_config = load_backbone_config(self.backbone, base.model)
 
     def __getstate__(self) -> dict[str, Any]:
         # sent to worker processes: the report callable may be a closure; a worker reports to stderr
@@ -211,7 +215,7 @@ class Sweep:
             return None
         from ..training.loop import build_feature_caches
 
-        return lambda: build_feature_caches(head_config(self.base, self.heads[0], self.track, self.is_text))
+        return lambda: build_feature_caches(head_config(self.base, self.heads[0], self.track, self.backbone_config))
 
     def run(self, pool: RunPool | None = None) -> list[Path]:
         pool = pool or RunPool(1)
@@ -278,7 +282,7 @@ class Sweep:
         return [json.loads(result.read_text())["final"]["accuracy"] for result in results]
 
     def rate_job(self, head: str, rate: float) -> RunJob:
-        config = head_config(self.base, head, self.track, self.is_text)
+        config = head_config(self.base, head, self.track, self.backbone_config)
         config = with_overrides(config, {self.rate_key: rate, "data.holdout_fraction": self.holdout, "train.seed": 0})
         return RunJob(
             config,
@@ -289,7 +293,7 @@ class Sweep:
         )
 
     def seed_job(self, head: str, seed: int, rate: float, search: dict[str, float]) -> RunJob:
-        config = head_config(self.base, head, self.track, self.is_text)
+        config = head_config(self.base, head, self.track, self.backbone_config)
         config = with_overrides(config, {self.rate_key: rate, "train.seed": seed})
         extra = {
             "rate": rate,

@@ -35,6 +35,7 @@ from transformers import (
 )
 
 from poolft.cli import main
+from poolft.config import load_config
 from poolft.errors import PoolftError
 from poolft.models.backbones import describe_head, stock_at_image_size
 from poolft.models.prediction import load_classifier
@@ -235,3 +236,36 @@ def test_stock_head_with_the_feature_cache_is_a_one_line_error(family_dir, tmp_p
     stderr = capsys.readouterr().err
     assert code == 2 and "Traceback" not in stderr
     assert "poolft: error: train.feature_cache trains a poolft head on cached states; drop model.stock_head" in stderr
+
+
+NO_PROBE_STOCK = ("beit", "clip-vision", "siglip-vision")  # BEiT's double pools a layer-normed mean; towers: none
+
+
+@pytest.mark.parametrize("family", ["vit", "deit", "dinov2", "dinov2-registers", *NO_PROBE_STOCK])
+def test_the_probe_track_stock_head_feeds_the_stock_classifier_what_it_reads(family_dir, family):
+    """On cached states, ``stock`` is the poolft pooler whose output is exactly the stock classifier's
+    input (captured from the transformers model with a hook); families without such a pooler say so."""
+    from families import FAMILIES
+
+    from poolft.models.backbones import load_backbone_config, probe_stock_pooler
+    from poolft.pooling.base import build_pooler
+
+    folder = family_dir(family)
+    config = load_backbone_config(str(folder), load_config(None, [f"--model.backbone={folder}"]).model)
+    if family in NO_PROBE_STOCK:
+        with pytest.raises(PoolftError, match="no stock image classifier|is not a poolft pooler") as error:
+            probe_stock_pooler(str(folder), config)
+        assert "\n" not in str(error.value)
+        return
+    name, options = probe_stock_pooler(str(folder), config)
+    model = AutoModelForImageClassification.from_pretrained(folder, num_labels=3).eval()
+    fed = []
+    model.classifier.register_forward_hook(lambda module, inputs, output: fed.append(inputs[0]))
+    pixels = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(pixels)
+        states = model.base_model(pixels).last_hidden_state
+        pooler = build_pooler(name, config.hidden_size, **options).eval()
+        grid = IMAGE_SIZE // PATCH_SIZE
+        pooled = pooler(states, None, num_prefix_tokens=FAMILIES[family].prefix_tokens, grid_size=(grid, grid))
+    torch.testing.assert_close(pooled, fed[0])

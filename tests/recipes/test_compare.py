@@ -101,6 +101,20 @@ def test_default_heads_are_every_head_that_fits_the_backbone(tiny_bert_dir, tiny
     assert {"flatten", "window-sliding", "stock", "clsmean"} <= set(heads) and not skipped
 
 
+def test_the_probe_stock_head_is_the_family_s_own_or_skipped(family_dir):
+    """DINOv2's stock head reads [CLS, mean(patches)]; CLIP's vision tower has none, so no stock row."""
+    from poolft.recipes.sweep import head_config
+
+    dinov2 = family_dir("dinov2")
+    base = track_config(load_config(None, [f"--model.backbone={dinov2}"]), "probe")
+    config = head_config(base, "stock", "probe", load_backbone_config(str(dinov2), base.model))
+    assert (config.model.pooler, config.model.stock_head) == ("clsmean", False)
+    clip = family_dir("clip-vision")
+    base = track_config(load_config(None, [f"--model.backbone={clip}"]), "probe")
+    heads, skipped = choose_heads(base, None, "probe", str(clip), load_backbone_config(str(clip), base.model))
+    assert "stock" not in heads and "no stock image classifier" in skipped["stock"]
+
+
 def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_libraries):
     common = [f"--model.backbone={tiny_bert_dir}", "--output", str(tmp_path / "out")]
     for extra, message in (

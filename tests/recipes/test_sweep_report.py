@@ -470,7 +470,10 @@ def test_every_recorded_result_is_recognised_as_done(record_root) -> None:
 
     root = Path(__file__).resolve().parents[2]
     recipes = root / record_root
-    text_tasks = {"sst2": True, "fashion_mnist": False}  # task -> the backbone reads text
+    from transformers import BertConfig, ViTConfig
+
+    # task -> its backbone's family (MiniLM-L6 is a BERT; the image recipes' backbone a plain ViTModel)
+    families = {"sst2": BertConfig(), "fashion_mnist": ViTConfig()}
     files = sorted((recipes / "results").rglob("*.json"))
     if record_root.endswith("v1"):
         assert len(files) >= 4 * 6 * 3  # 2 tasks x 2 tracks x 6 heads x 3 seeds, plus rate-search runs
@@ -479,7 +482,7 @@ def test_every_recorded_result_is_recognised_as_done(record_root) -> None:
         task, track = record["task"], record["track"]
         base = load_config(recipes / task / f"{track}.yaml")
         rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
-        config = head_config(base, record["head"], track, text_tasks[task])
+        config = head_config(base, record["head"], track, families[task])
         if path.parent.name == "rate-search":
             section, key = rate_key.split(".")
             hyper = record["hyperparameters"]
