@@ -301,6 +301,8 @@ def run_summary_line(metrics: dict[str, Any], output_dir: str, save_model: bool)
         saved = f"no final model (train.save_model false); best model in {Path(output_dir) / 'best'}"
     else:
         saved = f"no model saved (train.save_model false); metrics and predictions in {output_dir}"
+    if not save_model and (Path(output_dir) / "checkpoints").is_dir():
+        saved += f"; training checkpoints (with weights) in {Path(output_dir) / 'checkpoints'}"
     return (
         f"poolft: validation accuracy {final['accuracy']:.4f}, macro-F1 {final['macro_f1']:.4f} "
         f"({final['samples']} examples) in {metrics['wall_seconds']:.0f} s; {saved}"

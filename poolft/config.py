@@ -322,7 +322,8 @@ class TrainConfig:
         default=True,
         metadata={
             "help": "write the trained model (weights, config, preprocessor, model card) to output_dir at the end; "
-            "false keeps only metrics, logs and predictions (poolft compare's runs)"
+            "false keeps only metrics, logs and predictions (poolft compare's runs); with save_at_end false too, "
+            "the run's epoch checkpoints are removed when it finishes"
         },
     )
     resume_from_checkpoint: str | None = field(

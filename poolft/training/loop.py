@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -54,7 +55,7 @@ from ..models.model_card import model_card
 from ..models.modeling import PoolftPreTrainedModel, per_example_loss
 from ..models.saved_models import load_head
 from .averaging import averaged_weights, build_ema
-from .checkpoints import TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoints import CHECKPOINT_DIR, TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .clipping import clipped_optimizer_step
 from .compilation import (
     CompileStats,
@@ -677,6 +678,9 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
             if config.train.merge_lora_at_end:  # a plain model beside the adapter, loadable without peft
                 lora.export_merged(output_dir, output_dir / lora.MERGED_DIR, replace=True)
         write_json(output_dir / "metrics.json", metrics)
+        if not config.train.save_model and not config.train.save_at_end:
+            # a finished run that keeps no model keeps no copy of it in its epoch checkpoints either
+            shutil.rmtree(output_dir / CHECKPOINT_DIR, ignore_errors=True)
     log.close()
     accelerator.wait_for_everyone()
     # not accelerator.end_training(): it destroys the process group, which the next run in this

@@ -156,16 +156,26 @@ def test_quickstart_defaults_use_the_embedded_sample_and_offline_backbone(tmp_pa
 
 @pytest.mark.parametrize("save_best", [True, False])
 def test_the_last_line_says_what_a_run_without_a_model_saved(tmp_path, tiny_bert_dir, capsys, save_best):
-    overrides = [*text_overrides(tmp_path, tiny_bert_dir), "--train.epochs=1", "--train.save_model=false"]
-    assert main(["train", *overrides, f"--train.save_best_model={str(save_best).lower()}"]) == 0
+    """Two epochs: the first one's end writes a checkpoint (weights included), which a run that keeps
+    no model removes when it finishes, unless it keeps its last checkpoint (train.save_at_end)."""
+    overrides = [*text_overrides(tmp_path, tiny_bert_dir), "--train.epochs=2", "--train.save_model=false"]
+    save = ["--train.save_at_end=false", f"--train.save_best_model={str(save_best).lower()}"]
+    assert main(["train", *overrides, *save]) == 0
     run = tmp_path / "run"
-    assert not (run / "model.safetensors").exists()
+    assert not (run / "model.safetensors").exists() and not (run / "checkpoints").exists()
     assert (run / "best").is_dir() == save_best
+    assert bool(list(run.rglob("*.safetensors"))) == save_best  # the best model is the only one kept
     last = capsys.readouterr().out.splitlines()[-1]
     if save_best:
         assert last.endswith(f"; no final model (train.save_model false); best model in {run / 'best'}")
     else:
         assert last.endswith(f"; no model saved (train.save_model false); metrics and predictions in {run}")
+
+    kept = tmp_path / "kept"
+    assert main(["train", *overrides, "--train.save_best_model=false", f"--train.output_dir={kept}"]) == 0
+    assert (kept / "checkpoints").is_dir()  # train.save_at_end (the default) keeps the last checkpoint
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith(f"; training checkpoints (with weights) in {kept / 'checkpoints'}")
 
 
 def test_stock_image_head_trains_at_another_image_size(tmp_path, tiny_vit_dir):
