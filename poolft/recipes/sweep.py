@@ -55,9 +55,9 @@ CHANGED_DEFAULTS = {("data", "text_column"): (None, "sentence")}
 
 
 def run_hash(config: RunConfig, precision: str | None = None) -> str:
-    """Identity of a run: every setting except where it writes, whether it writes the final model,
-    how it reports progress and how long it waits for other processes, with ``mixed_precision``
-    resolved on this machine.
+    """Identity of a run: every setting except where it writes (its output and feature cache folders),
+    whether it writes the final model, how it reports progress and how long it waits for other
+    processes, with ``mixed_precision`` resolved on this machine.
 
     ``auto`` is bf16 on an AMX CPU and fp32 elsewhere, and a bf16 run's numbers depend on the CPU's
     matrix features: so the identity holds the resolved precision and, for 16-bit, those features
@@ -71,6 +71,7 @@ def run_hash(config: RunConfig, precision: str | None = None) -> str:
     run_keys = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "progress", "save_model")
     for key in (*run_keys, "distributed_timeout_seconds"):
         values["train"].pop(key, None)
+    values["train"]["feature_cache_dir"] = None  # where the cached states live; hashed as the records' default
     for (section, key), earlier_behaviour in ADDED_SETTINGS.items():
         if values[section].get(key) == earlier_behaviour:
             values[section].pop(key)

@@ -23,6 +23,7 @@ NEUTRAL_KEYS = {
     ("train", "progress"),
     ("train", "distributed_timeout_seconds"),  # how long to wait for a peer: the same run either way
     ("train", "save_model"),  # whether the final model is written: the same training either way
+    ("train", "feature_cache_dir"),  # where the cached states live: the same states either way
 }
 
 

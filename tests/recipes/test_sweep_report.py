@@ -424,6 +424,8 @@ def test_run_hash_of_recorded_runs_survives_the_fast_kernels_setting() -> None:
     assert run_hash(config, "no") == before  # recorded in full precision, as every v1 run was
     config.train.save_model = False  # the same training, its model not written: the same run
     assert run_hash(config, "no") == before
+    config.train.feature_cache_dir = "/elsewhere/features"  # the same states, cached in another folder
+    assert run_hash(config, "no") == before
     config.train.fast_kernels = True  # a different training step: a different run
     assert run_hash(config, "no") != before
 

@@ -117,3 +117,16 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     mode = stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == 0o644  # not mkstemp's 0600
     assert (tmp_path / "metrics.json").read_text() == "{}\n"
+
+
+def test_another_feature_cache_folder_is_the_same_run(tmp_path):
+    """A run folder is "another run" when a setting that changes results differs, not where the
+    cached states live (an interrupted run resumes with its cache moved)."""
+    from poolft.config import config_to_yaml, load_config
+    from poolft.training.run_folder import CONFIG_FILE, holds_other_run
+
+    probe = ["--train.freeze_backbone=true", "--train.feature_cache=true"]
+    recorded = load_config(None, [*probe, "--train.feature_cache_dir=/first/cache"])
+    (tmp_path / CONFIG_FILE).write_text(config_to_yaml(recorded), encoding="utf-8")
+    assert not holds_other_run(load_config(None, [*probe, "--train.feature_cache_dir=/second/cache"]), tmp_path)
+    assert holds_other_run(load_config(None, [*probe, "--train.learning_rate=0.5"]), tmp_path)
