@@ -68,7 +68,7 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | N
 
     The sha256 of the backend's serialised vocabulary, normaliser, pre-tokeniser and post-processor,
     without the truncation and padding state each call resets; the Python-side class, init
-    arguments and truncation side.
+    arguments (not the paths it was read from) and truncation side.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -80,10 +80,17 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | N
     return {
         "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
         "backend_sha256": pipeline_digest(serialised),
-        "init": json.loads(json.dumps(tokenizer.init_kwargs, sort_keys=True, default=str)),
+        "init": json.loads(json.dumps(_without_locations(tokenizer.init_kwargs), sort_keys=True, default=str)),
         "truncation_side": tokenizer.truncation_side,
         "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
     }
+
+
+def _without_locations(init_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The init arguments without where the tokenizer was read from (``name_or_path``, ``*_file``):
+    the same files under another path, or the same path spelt relative or absolute, give the same
+    ids, and what the files hold is in the backend's digest."""
+    return {key: value for key, value in init_kwargs.items() if key != "name_or_path" and not key.endswith("_file")}
 
 
 @functools.lru_cache(maxsize=8)

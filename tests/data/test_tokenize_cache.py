@@ -144,3 +144,20 @@ def test_the_code_digest_is_the_same_under_another_string_hash_seed():
         assert output.returncode == 0, output.stderr
         digests.add(output.stdout.strip())
     assert len(digests) == 1
+
+
+def test_the_same_tokenizer_read_from_another_path_has_the_same_identity(tmp_path, monkeypatch):
+    """Spelt relative or absolute, or copied elsewhere: the same files give the same ids, so the
+    tokenize and feature caches must not miss."""
+    import shutil
+
+    save_bert_tokenizer(tmp_path / "tok", VOCAB, lower=False)
+    shutil.copytree(tmp_path / "tok", tmp_path / "copy")
+    monkeypatch.chdir(tmp_path)
+    identities = [
+        tokenizer_identity(AutoTokenizer.from_pretrained(path)) for path in ("tok", str(tmp_path / "tok"), "copy")
+    ]
+    assert identities[0] == identities[1] == identities[2]
+    (tmp_path / "other").mkdir()
+    other = save_bert_tokenizer(tmp_path / "other", [*VOCAB, "extra"], lower=False)
+    assert tokenizer_identity(other) != identities[0]
