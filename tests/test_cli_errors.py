@@ -102,6 +102,11 @@ def build_workspace(root: Path, bert: Path, vit: Path) -> Workspace:
         (one_class / split / "cat").mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (6, 6), (40 * i, 0, 0)).save(one_class / split / "cat" / f"{i}.png")
+    eval_only = root / "eval_only_class"  # class folder "medium" in validation only
+    for split, classes in (("train", ("dark", "light")), ("validation", ("dark", "light", "medium"))):
+        for number, name in enumerate(classes):
+            (eval_only / split / name).mkdir(parents=True)
+            Image.new("RGB", (6, 6), (90 * number, 0, 0)).save(eval_only / split / name / "0.png")
     flat = root / "flat_images"  # images right in the split folders: no classes
     for split in ("train", "validation"):
         (flat / split).mkdir(parents=True)
@@ -317,6 +322,16 @@ CASES = [
         "image folder with one class",
         lambda ws: image_args(ws, ws.out("one-class"), ws.path("one_class")),
         ("gives no labels", "<split>/<class>/<image> with at least two class folders"),
+    ),
+    Case(
+        "image folder with a class in validation only",
+        lambda ws: image_args(ws, ws.out("eval-only"), ws.path("eval_only_class")),
+        ("split 'validation' has label(s) 'medium' with no example in split 'train'", "make every evaluation label"),
+    ),
+    Case(
+        "rate-search hold-out leaves one class",
+        lambda ws: text_args(ws, ws.out("held"), None, "--data.holdout_fraction=0.9"),
+        ("after holding out 0.9 of the training split for the rate search", "its rest has only one label", "--holdout"),
     ),
     Case(
         "image folder without class folders",

@@ -128,7 +128,8 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
         for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
             check_no_missing_labels(split, config.label_column, split_name)
         if need_train:
-            check_two_classes(train, label_names, description)
+            check_two_classes(train, label_names, description, config.holdout_fraction if holdout else None)
+            check_evaluated_labels_trained(train, evaluation, label_names, config, holdout is not None)
     elif not label_names:
         raise PoolftError(f"no row of split {config.train_split!r} has a label; give the rows their labels")
     description.update(
@@ -331,16 +332,54 @@ def check_no_missing_labels(split: Dataset, label_column: str, split_name: str) 
         )
 
 
-def check_two_classes(train: Dataset, label_names: list[str], description: dict[str, Any]) -> None:
-    """A classifier needs examples of at least two classes in the training split."""
+HOLDOUT_FIX = (
+    "give the rare classes more training examples, or a smaller share (data.holdout_fraction; compare and sweep: "
+    "--holdout), or search no rates (one --rates value)"
+)
+
+
+def check_two_classes(
+    train: Dataset, label_names: list[str], description: dict[str, Any], holdout_fraction: float | None = None
+) -> None:
+    """A classifier needs examples of at least two classes in the training split (what is left of it
+    after the rate search's hold-out, when ``holdout_fraction`` is given)."""
     present = [label for label in train.unique("labels") if label is not None]
     if len(present) >= 2:
         return
     only = label_names[present[0]] if present else label_names[0]
+    if holdout_fraction:
+        raise PoolftError(
+            f"after holding out {holdout_fraction:g} of the training split for the rate search, its rest has only "
+            f"one label ({only!r}); {HOLDOUT_FIX}"
+        )
     layout = " arranged as <split>/<class>/<image>" if description.get("source") == "imagefolder" else ""
     raise PoolftError(
         f"the training split has only one label ({only!r}); a classifier needs at least two classes, "
         f"so give it examples of two or more classes{layout}"
+    )
+
+
+def check_evaluated_labels_trained(
+    train: Dataset, evaluation: Dataset, label_names: list[str], config: DataConfig, held_out: bool
+) -> None:
+    """Every label the evaluation split uses must have training examples.
+
+    Labels read as strings are checked while encoding; this covers ``ClassLabel`` columns, whose
+    names are the union over the splits (an image folder's class folders), and the rate search's
+    held-out share, which may take every training example of a rare class.
+    """
+    missing = sorted(set(evaluation.unique("labels")) - set(train.unique("labels")) - {None})
+    if not missing:
+        return
+    names = ", ".join(repr(label_names[label]) for label in missing[:5])
+    if held_out:
+        raise PoolftError(
+            f"the rate search's held-out share (data.holdout_fraction {config.holdout_fraction:g}) took every "
+            f"training example of label(s) {names}; {HOLDOUT_FIX}"
+        )
+    raise PoolftError(
+        f"split {config.eval_split!r} has label(s) {names} with no example in split {config.train_split!r}; "
+        "make every evaluation label appear in the training split"
     )
 
 

@@ -478,3 +478,29 @@ def test_held_out_rows_match_datasets_train_test_split():
     rows = hold_out(split, 0.1)
     assert rows.eval_rows == reference["test"]["x"] and rows.train_rows == reference["train"]["x"]
     assert sorted(rows.train_rows + rows.eval_rows) == list(range(1003))
+
+
+def test_a_hold_out_that_takes_a_rare_class_names_the_hold_out(tmp_path):
+    """The rate search holds out a share of the training rows; when it takes every example of a class,
+    the error says so (the user's training file does have that class)."""
+    import csv
+
+    from poolft.data.sources import hold_out
+
+    rows = 20
+    probe = Dataset.from_dict({"x": list(range(rows))})
+    rare_row = hold_out(probe, 0.25).eval_rows[0]  # a row the seeded hold-out takes
+    labels = ["a" if i % 2 else "b" for i in range(rows)]
+    labels[rare_row] = "c"
+    with open(tmp_path / "train.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows([f"text {i}", label] for i, label in enumerate(labels))
+    files = {"train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "train.csv")}
+    with pytest.raises(
+        PoolftError,
+        match=r"held-out share \(data.holdout_fraction 0.25\) took every training example "
+        r"of label\(s\) 'c'",
+    ):
+        load_splits(DataConfig(data_files=files, text_column="text", holdout_fraction=0.25))
+    assert load_splits(DataConfig(data_files=files, text_column="text")).label_names == ["a", "b", "c"]
