@@ -381,15 +381,34 @@ class Sweep:
         examples_file = output_dir / PREDICTIONS_FILE
         if seed_run and examples_file.is_file():
             examples = json.loads(examples_file.read_text(encoding="utf-8"))
-            multi_label = bool(examples["predictions"]) and isinstance(examples["predictions"][0], list)
-            # the paired bootstrap compares label ids; multi-label rows (0/1 lists) have no interval yet
-            record["predictions"] = (
-                None
-                if multi_label
-                else encode_predictions(examples["predictions"], examples["references"], examples["split"])
-            )
+            record["predictions"] = recorded_predictions(examples)
         write_json(job.result, record)
         return job.result
+
+
+#: the most labels a multi-label row can have to be stored as one uint16 label-set id
+MAX_LABEL_SET_BITS = 16
+
+
+def recorded_predictions(examples: dict[str, Any]) -> dict[str, str] | None:
+    """A seed record's compact ``predictions`` from a run's ``eval_predictions.json``.
+
+    Single-label rows store label ids. Multi-label rows (0/1 per label) store one id per row, the
+    label set as a bitmask (bit i: label i), so that "prediction equals reference" is the row's
+    exact match, the accuracy multi-label runs report; None for rows of more than 16 labels.
+    """
+    predicted, references = examples["predictions"], examples["references"]
+    if predicted and isinstance(predicted[0], list):
+        if len(predicted[0]) > MAX_LABEL_SET_BITS:
+            return None
+        predicted, references = ([label_set_id(row) for row in rows] for rows in (predicted, references))
+        return {**encode_predictions(predicted, references, examples["split"]), "ids": "label-set bitmask"}
+    return encode_predictions(predicted, references, examples["split"])
+
+
+def label_set_id(row: list[float]) -> int:
+    """A multi-hot row as an integer: bit i set when label i is on."""
+    return sum(1 << index for index, value in enumerate(row) if value)
 
 
 def next_rate(rates: list[float], best: float) -> float | None:

@@ -349,3 +349,36 @@ def test_two_processes_train_a_multi_label_run_with_label_smoothing_like_one(tmp
     for key in ("micro_f1", "macro_f1", "exact_match"):
         assert two["final"][key] == one["final"][key]
     assert two["final"]["loss"] == pytest.approx(one["final"]["loss"], rel=1e-4)
+
+
+def test_multi_label_compare_gives_intervals_from_exact_matches(tmp_path, tiny_bert_dir, capsys):
+    """Each seed record stores every row's label set (as a bitmask id), so the paired bootstrap of
+    exact matches runs for multi-label heads too; equal ids are exactly the rows with every label right."""
+    from poolft.recipes.significance import decode_predictions
+
+    files = write_list_labels(tmp_path / "topics")
+    output = tmp_path / "compare"
+    arguments = [
+        "compare",
+        f"--model.backbone={tiny_bert_dir}",
+        f"--data.data_files={json.dumps(files)}",
+        "--data.max_length=32",
+        "--train.batch_size=16",
+        "--train.mixed_precision=no",
+        f"--train.feature_cache_dir={tmp_path / 'cache'}",
+        *("--poolers", "stock,mean", "--seeds", "0,1", "--rates", "1e-1", "--workers", "1", "--output", str(output)),
+    ]
+    assert main(arguments) == 0
+    mean_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| mean |"))
+    assert "[" in mean_row.split("|")[6]  # the 95% CI column holds an interval, not "—"
+    for path in sorted((output / "results").rglob("*-seed*.json")):
+        record = json.loads(path.read_text())
+        predicted, references = decode_predictions(record["predictions"])
+        run = output / "runs" / "compare" / "probe" / path.stem
+        examples = json.loads((run / "eval_predictions.json").read_text())
+        exact = [
+            all(bool(p) == bool(r) for p, r in zip(row_p, row_r, strict=True))
+            for row_p, row_r in zip(examples["predictions"], examples["references"], strict=True)
+        ]
+        assert (predicted == references).tolist() == exact
+        assert np.mean(exact) == pytest.approx(record["final"]["accuracy"])
