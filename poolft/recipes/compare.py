@@ -17,6 +17,8 @@ backbone's states are cached with every core. The records are those of one proce
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -33,6 +35,7 @@ TRACKS = {"probe": "probe", "finetune": "finetune", "lpft": "finetune-lpft", "fi
 #: the rates searched by default: the head's rate on cached states, the backbone's when fine-tuning
 DEFAULT_RATES = {"probe": "1e-3,3e-3,1e-2,3e-2", "finetune": "1e-5,3e-5,1e-4", "finetune-lpft": "1e-5,3e-5,1e-4"}
 TASK = "compare"
+TITLE = "# poolft compare"  # the first line of the README.md it writes
 
 
 def track_config(base: RunConfig, track: str) -> RunConfig:
@@ -101,6 +104,38 @@ def choose_heads(
     return heads, skipped
 
 
+def check_output(folder: Path) -> None:
+    """``--output`` must be a folder poolft compare may write: new, or one an earlier compare wrote.
+
+    Raises:
+        PoolftError: it is a file, it cannot be created or written, or it holds a ``README.md`` or
+            ``compare.png`` that poolft compare did not write (they would be replaced).
+    """
+    if folder.exists() and not folder.is_dir():
+        raise PoolftError(f"--output {folder} is a file; give a folder (a new one, or an earlier compare's)")
+    existing = next((parent for parent in (folder, *folder.parents) if parent.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PoolftError(f"--output {folder} cannot be written ({existing} is not writable); choose another folder")
+    readme = folder / "README.md"
+    ours = readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(TITLE)
+    for name in ("README.md", "compare.png"):
+        if (folder / name).exists() and not ours:
+            raise PoolftError(
+                f"--output {folder} holds a {name} that poolft compare did not write; choose a new folder "
+                "(nothing was changed)"
+            )
+
+
+def check_data(base: RunConfig, holdout: float | None) -> None:
+    """Load and check the data as the runs will (with the rate search's hold-out when there is a
+    search), so that a data mistake is one line before any run folder exists."""
+    from ..data.sources import load_splits
+
+    load_splits(base.data)  # the seed runs' splits
+    if holdout:  # the rate search's: training rows with a held-out share of them
+        load_splits(dataclasses.replace(base.data, holdout_fraction=holdout))
+
+
 def run_compare(
     config_path: str | None,
     overrides: list[str],
@@ -125,12 +160,15 @@ def run_compare(
     if track not in TRACKS:
         raise PoolftError(f"--track {track} is not one of {', '.join(TRACKS)}")
     track = TRACKS[track]
+    check_output(Path(output))
     base = track_config(load_config(config_path, overrides), track)
     backbone = resolve_backbone(base.model.backbone)
     heads, skipped = choose_heads(base, poolers, track, backbone, load_backbone_config(backbone, base.model))
     for head, reason in skipped.items():
         report(f"poolft compare: skip {head}: {reason}")
     folder = Path(output)
+    rate_list = parse_list(rates or DEFAULT_RATES[track], float)
+    check_data(base, holdout if len(rate_list) > 1 else None)
     rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
     sweep = Sweep(
         base,
@@ -138,7 +176,7 @@ def run_compare(
         track,
         heads,
         parse_seeds(seeds),
-        parse_list(rates or DEFAULT_RATES[track], float),
+        rate_list,
         rate_key,
         holdout,
         folder / "results",
@@ -153,7 +191,7 @@ def run_compare(
         sweep.run(pool)
     records = [r for r in load_results(folder / "results" / TASK / track) if r["head"] in heads]
     runs_by_head = grouped(records)[(TASK, track)]
-    lines = [f"# poolft compare — {track}", ""]
+    lines = [f"{TITLE} — {track}", ""]
     lines += budget_lines(runs_by_head)
     if skipped:
         lines.append(f"- Skipped (they do not fit this backbone): {', '.join(skipped)}")

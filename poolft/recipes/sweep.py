@@ -334,10 +334,14 @@ class Sweep:
         config, output_dir, head, seed = job.config, job.output_dir, job.head, job.seed
         identity = run_hash(config)
         seed_run = "rate-search" not in job.result.parts
+        if job.result.is_file():  # the record of a run with other settings: kept beside, not overwritten
+            aside = set_aside(job.result)
+            self.report(f"poolft sweep: {job.result} recorded a run with other settings; moved it to {aside}")
         if (output_dir / CONFIG_FILE).is_file() and holds_other_run(config, output_dir):
-            # an unfinished run of other settings (e.g. left by an older poolft): kept, not resumed
+            # a run of other settings (e.g. left by an older poolft): kept, not resumed
+            state = "a finished" if (output_dir / "metrics.json").is_file() else "an unfinished"
             aside = set_aside(output_dir)
-            self.report(f"poolft sweep: {output_dir} held an unfinished run with other settings; moved it to {aside}")
+            self.report(f"poolft sweep: {output_dir} held {state} run with other settings; moved it to {aside}")
         if (output_dir / CONFIG_FILE).is_file() or (output_dir / "head_warmup").is_dir():
             config.train.resume_from_checkpoint = "latest"
             if (output_dir / "metrics.json").is_file():  # finished, but its result was not written

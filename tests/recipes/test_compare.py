@@ -116,17 +116,41 @@ def test_the_probe_stock_head_is_the_family_s_own_or_skipped(family_dir):
 
 
 def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_libraries):
+    import csv
+
     common = [f"--model.backbone={tiny_bert_dir}", "--output", str(tmp_path / "out")]
+    files = write_sentiment_csv(tmp_path / "data", train_size=32, eval_size=8)
+    with open(tmp_path / "data" / "unseen.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([["text", "label"], ["a fine film", "pos"], ["meh", "maybe"]])
+    unseen = {"train": files["train"], "validation": str(tmp_path / "data" / "unseen.csv")}
+    rows = [["text", "label"], *([f"film {i}", "neg"] for i in range(19)), ["the one good film", "pos"]]
+    with open(tmp_path / "data" / "rare.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    rare = {"train": str(tmp_path / "data" / "rare.csv"), "validation": files["validation"]}
     for extra, message in (
         (["--poolers", "mean,flatten"], "head flatten cannot run here"),
         (["--poolers", "mean,nope"], "unknown head(s) nope"),
         (["--holdout", "1.5"], "--holdout 1.5 must be in (0, 1)"),
         (["--workers", "0"], "--workers 0 must be 1 or more"),
+        (["--data.data_files", json.dumps(unseen)], "has label(s) 'maybe' never seen in training"),
+        (["--data.data_files", json.dumps(rare), "--rates", "1e-2,1e-1"], "after holding out 0.1 of the training"),
     ):
         assert main(["compare", *common, *extra]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and message in err, err
-    assert not (tmp_path / "out").exists()
+        lines = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in lines if line.startswith("poolft: error:")]  # after the skip notes
+        assert errors == lines[-1:] and message in errors[0], lines
+    assert not (tmp_path / "out").exists()  # a data mistake is found before any run folder exists
+
+    (tmp_path / "a-file").write_text("mine\n")
+    assert main(["compare", f"--model.backbone={tiny_bert_dir}", "--output", str(tmp_path / "a-file")]) == 2
+    assert "--output" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "mine\n"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.md").write_text("my notes\n")
+    assert main(["compare", f"--model.backbone={tiny_bert_dir}", "--output", str(notes)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds a README.md that poolft compare did not write" in err and len(err.splitlines()) == 1
+    assert sorted(path.name for path in notes.iterdir()) == ["README.md"]
 
 
 def test_compare_runs_image_heads_on_a_folder_of_images(tmp_path, tiny_vit_dir, capsys):
@@ -240,3 +264,20 @@ def test_this_process_runs_jobs_while_the_workers_start(tmp_path):
     here = [index for index, place in enumerate(places) if place == os.getpid()]
     assert here[1:] and here[1:] == list(range(16 - len(here) + 1, 16))  # then jobs from the end
     assert len(set(places) - {os.getpid()}) >= 1 and places[1] != os.getpid()  # the first queued: a worker
+
+
+def test_a_compare_of_other_data_into_the_same_output_keeps_the_earlier_records(tmp_path, tiny_bert_dir, capsys):
+    output = tmp_path / "compare"
+    records = {}
+    for name, train_size in (("first", 48), ("second", 64)):
+        files = write_sentiment_csv(tmp_path / name, train_size=train_size, eval_size=16)
+        arguments = [*tiny_text_compare(tmp_path, tiny_bert_dir, files, "mean"), "--seeds", "0", "--rates", "1e-1"]
+        assert main([*arguments, "--workers", "1", "--output", str(output)]) == 0
+        records[name] = json.loads((output / "results" / "compare" / "probe" / "mean-seed0.json").read_text())
+    err = capsys.readouterr().err
+    assert "mean-seed0.json recorded a run with other settings; moved it to" in err
+    assert "held a finished run with other settings" in err  # its run folder too, named as finished
+    kept = output / "results" / "compare" / "probe" / "mean-seed0.json.replaced-1"
+    assert json.loads(kept.read_text()) == records["first"]
+    assert records["second"]["run_hash"] != records["first"]["run_hash"]
+    assert (output / "runs" / "compare" / "probe" / "mean-seed0.replaced-1" / "metrics.json").is_file()
