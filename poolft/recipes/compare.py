@@ -28,7 +28,7 @@ from ..config import RunConfig, load_config
 from ..errors import PoolftError
 from ..pooling import available_poolers
 from .report import budget_lines, grouped, load_results, plot, track_section
-from .sweep import HEAD_VARIANTS, STOCK, Sweep, head_config, known_heads, parse_list, parse_seeds
+from .sweep import HEAD_VARIANTS, STOCK, Sweep, head_config, known_heads, parse_list, parse_rates, parse_seeds
 from .workers import RunPool, usable_cores
 
 TRACKS = {"probe": "probe", "finetune": "finetune", "lpft": "finetune-lpft", "finetune-lpft": "finetune-lpft"}
@@ -167,7 +167,7 @@ def run_compare(
     for head, reason in skipped.items():
         report(f"poolft compare: skip {head}: {reason}")
     folder = Path(output)
-    rate_list = parse_list(rates or DEFAULT_RATES[track], float)
+    rate_list = parse_rates(rates, DEFAULT_RATES[track])
     check_data(base, holdout if len(rate_list) > 1 else None)
     rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
     sweep = Sweep(

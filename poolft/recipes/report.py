@@ -209,7 +209,12 @@ def budget_lines(runs_by_head: dict[str, list[dict[str, Any]]]) -> list[str]:
     hyper = first["hyperparameters"]
     data, train = hyper["data"], hyper["train"]
     cpus = sorted({machine(r["hardware"]) for runs in runs_by_head.values() for r in runs})
-    size = f"image size {data['image_size']} px" if data.get("image_size") else f"max length {data['max_length']}"
+    if data.get("image_size"):
+        size = f"image size {data['image_size']} px"
+    elif data.get("text_column"):  # text runs record the column they read
+        size = f"max length {data['max_length']}"
+    else:
+        size = "images at the image processor's size"
     commits = sorted({r["software"]["poolft_commit"][:12] for runs in runs_by_head.values() for r in runs})
     # train.max_steps, when set, ends a run before its epochs do
     length = f"{train['max_steps']} steps" if train.get("max_steps") else f"{train['epochs']:g} epoch(s)"
@@ -253,7 +258,7 @@ def rate_line(run: dict[str, Any], runs_by_head: dict[str, list[dict[str, Any]]]
             f"- Rate searched: `{run.get('rate_key')}` over {grid} on {held_out} of the training split (seed 0)"
             f"{extended}; the table reports only the chosen rate"
         )
-    return f"- Rate: one fixed `{run.get('rate_key', 'learning rate')}` (no search for this track)"
+    return f"- Rate: one fixed `{run.get('rate_key', 'learning rate')}` (one rate given: no search)"
 
 
 def plot(runs_by_head: dict[str, list[dict[str, Any]]], title: str, path: Path) -> None:

@@ -432,6 +432,16 @@ def parse_list(text: str, kind: type) -> list:
         raise PoolftError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
 
 
+def parse_rates(text: str | None, default: str = "") -> list[float]:
+    """``--rates``: ``None`` (not given) is ``default``; given, it must list at least one positive rate."""
+    if text is None:
+        return parse_list(default, float)
+    rates = parse_list(text, float)
+    if not rates or any(not rate > 0 for rate in rates):
+        raise PoolftError(f"--rates {text!r} must list one or more positive rates, e.g. 1e-3,1e-2 (or leave it out)")
+    return rates
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; an empty list or a negative seed is a one-line error."""
     seeds = parse_list(text, int)
@@ -481,7 +491,7 @@ def run_sweep(
         track,
         head_names,
         parse_seeds(seeds),
-        parse_list(rates or "", float),
+        parse_rates(rates),
         rate_key,
         holdout,
         Path(results_dir),

@@ -215,6 +215,7 @@ def build_cache(
     if (folder / "meta.json").is_file():
         return folder
     temporary = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    remove_stale_temporaries(folder)
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         temporary.mkdir(parents=True)
@@ -242,6 +243,21 @@ def build_cache(
     else:
         os.replace(temporary, folder)
     return folder
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the half-written caches of ``folder`` whose writer process is gone (an interrupted build);
+    one that a live process is still writing stays."""
+    for temporary in folder.parent.glob(f".tmp-{folder.name}-*"):
+        pid = temporary.name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(temporary, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            continue
 
 
 class CachedStates(torch.utils.data.Dataset):

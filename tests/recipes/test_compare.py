@@ -132,6 +132,8 @@ def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_li
         (["--poolers", "mean,nope"], "unknown head(s) nope"),
         (["--holdout", "1.5"], "--holdout 1.5 must be in (0, 1)"),
         (["--workers", "0"], "--workers 0 must be 1 or more"),
+        (["--rates", ""], "--rates '' must list one or more positive rates"),
+        (["--rates", "1e-3,-1"], "--rates '1e-3,-1' must list one or more positive rates"),
         (["--data.data_files", json.dumps(unseen)], "has label(s) 'maybe' never seen in training"),
         (["--data.data_files", json.dumps(rare), "--rates", "1e-2,1e-1"], "after holding out 0.1 of the training"),
     ):

@@ -257,7 +257,13 @@ def fixture_result(task, track, head, seed, accuracy):
         "backbone": {"path": "minilm", "sha256": "ab" * 32},
         "dataset": {"source": "files"},
         "hyperparameters": {
-            "data": {"eval_split": "validation", "max_length": 64, "image_size": None, "holdout_fraction": None},
+            "data": {
+                "eval_split": "validation",
+                "max_length": 64,
+                "image_size": None,
+                "holdout_fraction": None,
+                "text_column": "sentence",
+            },
             "train": {"epochs": 1, "batch_size": 32, "scheduler": "linear", "feature_cache": False},
         },
         "hardware": {"cpu": "Test CPU", "cpu_count": 2},
@@ -546,3 +552,18 @@ def test_budget_line_says_steps_when_max_steps_ends_the_runs():
     by_steps["hyperparameters"]["train"]["max_steps"] = 3
     assert "- Budget per run: 1 epoch(s), batch 32," in "\n".join(budget_lines({"stock": [by_epochs]}))
     assert "- Budget per run: 3 steps, batch 32," in "\n".join(budget_lines({"stock": [by_steps]}))
+
+
+def test_data_line_gives_the_text_length_or_the_image_size():
+    from poolft.recipes.report import budget_lines
+
+    text = fixture_result("sst2", "finetune", "stock", 0, 0.8)
+    resized, native = (fixture_result("fmnist", "finetune", "stock", 0, 0.8) for _ in range(2))
+    for image in (resized, native):
+        image["hyperparameters"]["data"]["text_column"] = None  # image runs read no text column
+    resized["hyperparameters"]["data"]["image_size"] = 56
+    runs = {"text": text, "56": resized, "native": native}
+    data_line = {name: budget_lines({"stock": [run]})[1] for name, run in runs.items()}
+    assert data_line["text"].endswith("; max length 64")
+    assert data_line["56"].endswith("; image size 56 px")
+    assert data_line["native"].endswith("; images at the image processor's size")

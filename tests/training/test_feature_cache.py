@@ -322,3 +322,21 @@ def test_a_batch_read_from_the_cache_is_its_rows_right_padded(tmp_path, multi_la
     torch.testing.assert_close(collated["hidden_states"], padded, rtol=0, atol=0)
     torch.testing.assert_close(collated["attention_mask"], mask, rtol=0, atol=0)
     assert collated["labels"].tolist() == [labels[row].tolist() for row in expected_rows]
+
+
+def test_a_half_written_cache_of_a_dead_process_is_removed(tmp_path):
+    """An interrupted build leaves ``.tmp-<folder>-<pid>``; the next build of that folder removes it,
+    but not one a live process is writing."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cache" / "0123abcd"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = folder.parent / f".tmp-{folder.name}-{int(dead.stdout)}"
+    stale.mkdir(parents=True)
+    (stale / "states.npy").write_bytes(b"half")
+    alive = folder.parent / f".tmp-{folder.name}-{os.getppid()}"  # this test's parent: alive
+    alive.mkdir()
+    feature_cache.remove_stale_temporaries(folder)
+    assert not stale.exists() and alive.exists()
