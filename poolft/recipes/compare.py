@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import sys
 from contextlib import redirect_stdout
@@ -27,7 +28,7 @@ from typing import Any
 from ..config import RunConfig, load_config
 from ..errors import PoolftError
 from ..pooling import available_poolers
-from .report import budget_lines, grouped, load_results, plot, track_section
+from .report import budget_lines, grouped, plot, track_section
 from .sweep import HEAD_VARIANTS, STOCK, Sweep, head_config, known_heads, parse_list, parse_rates, parse_seeds
 from .workers import RunPool, usable_cores
 
@@ -111,11 +112,12 @@ def check_output(folder: Path) -> None:
         PoolftError: it is a file, it cannot be created or written, or it holds a ``README.md`` or
             ``compare.png`` that poolft compare did not write (they would be replaced).
     """
-    if folder.exists() and not folder.is_dir():
+    if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
         raise PoolftError(f"--output {folder} is a file; give a folder (a new one, or an earlier compare's)")
-    existing = next((parent for parent in (folder, *folder.parents) if parent.exists()), Path("."))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PoolftError(f"--output {folder} cannot be written ({existing} is not writable); choose another folder")
+    for part in ("results", "runs"):
+        if (folder / part).exists() and not (folder / part).is_dir():
+            raise PoolftError(f"--output {folder} holds a file named {part}; choose a new folder (nothing was changed)")
+    check_writable(folder)
     readme = folder / "README.md"
     ours = readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(TITLE)
     for name in ("README.md", "compare.png"):
@@ -124,6 +126,24 @@ def check_output(folder: Path) -> None:
                 f"--output {folder} holds a {name} that poolft compare did not write; choose a new folder "
                 "(nothing was changed)"
             )
+
+
+def check_writable(folder: Path) -> None:
+    """Write and delete a probe file in ``folder``; folders made for the probe are removed again."""
+    made = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".poolft-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PoolftError(f"--output {folder} cannot be written ({error.strerror}); choose another folder") from None
+    finally:
+        for parent in made:  # deepest first; only the empty folders this check made
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def check_data(base: RunConfig, holdout: float | None) -> None:
@@ -188,8 +208,9 @@ def run_compare(
         workers = usable_cores() if track == "probe" else 1
     # the runs' progress lines go to stderr (as in the workers): stdout holds the table alone
     with RunPool(workers, prepare=sweep.cache_builder()) as pool, redirect_stdout(sys.stderr):
-        sweep.run(pool)
-    records = [r for r in load_results(folder / "results" / TASK / track) if r["head"] in heads]
+        paths = sweep.run(pool)
+    # this grid's records only: an earlier compare's other seeds or heads in the same folder stay out
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     runs_by_head = grouped(records)[(TASK, track)]
     lines = [f"{TITLE} — {track}", ""]
     lines += budget_lines(runs_by_head)

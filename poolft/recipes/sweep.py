@@ -11,8 +11,10 @@ checkpoint.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,9 +137,34 @@ def data_fingerprint(config: RunConfig) -> dict[str, Any]:
     files = config.data.data_files or {}
     described = {}
     for split, path in sorted(files.items()):
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else None
+        digest = file_digest(path) if Path(path).is_file() else None
         described[split] = {"path": path, "sha256": digest}
     return {"files": described} if described else {"path": config.data.path, "name": config.data.name}
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file, hashed once per process for the same path, size and modification time."""
+    stat = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def same_data_files(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a record's data files hold what the current config's files hold (by sha256, per split)."""
+    then, now = recorded.get("files"), current.get("files")
+    if not then or not now:
+        return True  # a Hub dataset: its id and revision are in the run's settings
+    return {split: entry.get("sha256") for split, entry in then.items()} == {
+        split: entry.get("sha256") for split, entry in now.items()
+    }
 
 
 def learning_curve(output_dir: Path) -> list[dict[str, float]]:
@@ -321,6 +348,8 @@ class Sweep:
         seed_run = "rate-search" not in job.result.parts
         if record.get("run_hash") != run_hash(job.config) or ("predictions" not in record and seed_run):
             return False
+        if not same_data_files(record.get("dataset") or {}, data_fingerprint(job.config)):
+            return False  # a data file was edited in place: same settings, other data
         if any(record.get(key) != value for key, value in job.extra.items()):
             # same run, but the rate search around it grew (e.g. a wider grid): record that
             write_json(job.result, {**record, **job.extra})
@@ -334,9 +363,12 @@ class Sweep:
         config, output_dir, head, seed = job.config, job.output_dir, job.head, job.seed
         identity = run_hash(config)
         seed_run = "rate-search" not in job.result.parts
-        if job.result.is_file():  # the record of a run with other settings: kept beside, not overwritten
+        if job.result.is_file():  # the record of a run with other settings or data: kept beside, not overwritten
             aside = set_aside(job.result)
-            self.report(f"poolft sweep: {job.result} recorded a run with other settings; moved it to {aside}")
+            self.report(f"poolft sweep: {job.result} recorded a run of other settings or data; moved it to {aside}")
+            if (output_dir / "metrics.json").is_file():  # that record's finished run folder goes with it
+                aside = set_aside(output_dir)
+                self.report(f"poolft sweep: moved its finished run folder {output_dir} to {aside}")
         if (output_dir / CONFIG_FILE).is_file() and holds_other_run(config, output_dir):
             # a run of other settings (e.g. left by an older poolft): kept, not resumed
             state = "a finished" if (output_dir / "metrics.json").is_file() else "an unfinished"
@@ -436,9 +468,14 @@ def parse_rates(text: str | None, default: str = "") -> list[float]:
     """``--rates``: ``None`` (not given) is ``default``; given, it must list at least one positive rate."""
     if text is None:
         return parse_list(default, float)
-    rates = parse_list(text, float)
-    if not rates or any(not rate > 0 for rate in rates):
-        raise PoolftError(f"--rates {text!r} must list one or more positive rates, e.g. 1e-3,1e-2 (or leave it out)")
+    items = [item.strip() for item in text.split(",")]
+    rates = parse_list(text, float) if all(items) else []
+    if not rates or any(not (math.isfinite(rate) and rate > 0) for rate in rates):
+        raise PoolftError(
+            f"--rates {text!r} must list one or more positive finite rates, e.g. 1e-3,1e-2 (or leave it out)"
+        )
+    if len(set(rates)) < len(rates):
+        raise PoolftError(f"--rates {text!r} lists a rate twice; give each candidate once")
     return rates
 
 

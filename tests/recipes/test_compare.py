@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 from datasets_for_tests import write_sentiment_csv
@@ -132,8 +133,11 @@ def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_li
         (["--poolers", "mean,nope"], "unknown head(s) nope"),
         (["--holdout", "1.5"], "--holdout 1.5 must be in (0, 1)"),
         (["--workers", "0"], "--workers 0 must be 1 or more"),
-        (["--rates", ""], "--rates '' must list one or more positive rates"),
-        (["--rates", "1e-3,-1"], "--rates '1e-3,-1' must list one or more positive rates"),
+        (["--rates", ""], "--rates '' must list one or more positive finite rates"),
+        (["--rates", "1e-3,-1"], "--rates '1e-3,-1' must list one or more positive finite rates"),
+        (["--rates", "inf"], "--rates 'inf' must list one or more positive finite rates"),
+        (["--rates", "1e-3,,3e-3"], "must list one or more positive finite rates"),
+        (["--rates", "3e-3,3e-3"], "--rates '3e-3,3e-3' lists a rate twice"),
         (["--data.data_files", json.dumps(unseen)], "has label(s) 'maybe' never seen in training"),
         (["--data.data_files", json.dumps(rare), "--rates", "1e-2,1e-1"], "after holding out 0.1 of the training"),
     ):
@@ -146,6 +150,14 @@ def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_li
     (tmp_path / "a-file").write_text("mine\n")
     assert main(["compare", f"--model.backbone={tiny_bert_dir}", "--output", str(tmp_path / "a-file")]) == 2
     assert "--output" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "mine\n"
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "results").write_text("a file where compare keeps its records\n")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for output, message in ((odd, "holds a file named results"), (tmp_path / "dangling", "is a file")):
+        assert main(["compare", f"--model.backbone={tiny_bert_dir}", "--output", str(output)]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(path.name for path in odd.iterdir()) == ["results"] and not (tmp_path / "nowhere").exists()
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "README.md").write_text("my notes\n")
@@ -277,9 +289,31 @@ def test_a_compare_of_other_data_into_the_same_output_keeps_the_earlier_records(
         assert main([*arguments, "--workers", "1", "--output", str(output)]) == 0
         records[name] = json.loads((output / "results" / "compare" / "probe" / "mean-seed0.json").read_text())
     err = capsys.readouterr().err
-    assert "mean-seed0.json recorded a run with other settings; moved it to" in err
-    assert "held a finished run with other settings" in err  # its run folder too, named as finished
+    assert "mean-seed0.json recorded a run of other settings or data; moved it to" in err
+    assert "moved its finished run folder" in err  # its run folder goes with it
     kept = output / "results" / "compare" / "probe" / "mean-seed0.json.replaced-1"
     assert json.loads(kept.read_text()) == records["first"]
     assert records["second"]["run_hash"] != records["first"]["run_hash"]
     assert (output / "runs" / "compare" / "probe" / "mean-seed0.replaced-1" / "metrics.json").is_file()
+
+
+def test_a_data_file_edited_in_place_is_other_data(tmp_path, tiny_bert_dir, capsys):
+    """The same settings on a data file whose contents changed: the earlier record is not reused; it and
+    its run folder are moved aside; the table shows only the runs of this grid (not a stale seed)."""
+    files = write_sentiment_csv(tmp_path / "data", train_size=48, eval_size=16)
+    output = tmp_path / "compare"
+    common = [*tiny_text_compare(tmp_path, tiny_bert_dir, files, "mean"), "--rates", "1e-1", "--workers", "1"]
+    assert main([*common, "--seeds", "0,1", "--output", str(output)]) == 0
+    first = json.loads((output / "results" / "compare" / "probe" / "mean-seed0.json").read_text())
+    train = Path(files["train"])
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")  # same rows, other order: other data
+    capsys.readouterr()
+    assert main([*common, "--seeds", "0", "--output", str(output)]) == 0
+    captured = capsys.readouterr()
+    assert "mean-seed0.json recorded a run of other settings or data" in captured.err
+    assert "(already done)" not in captured.err
+    row = next(line for line in captured.out.splitlines() if line.startswith("| mean |"))
+    assert row.split("|")[4].strip() == "1"  # one seed asked for: the earlier seed 1 is not averaged in
+    kept = output / "results" / "compare" / "probe" / "mean-seed0.json.replaced-1"
+    assert json.loads(kept.read_text()) == first
