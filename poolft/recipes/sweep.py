@@ -11,7 +11,6 @@ checkpoint.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import math
@@ -24,7 +23,7 @@ from typing import Any
 from ..config import RunConfig, config_from_dict, load_config
 from ..errors import PoolftError
 from ..pooling import available_poolers
-from ..training.feature_cache import weights_digest
+from ..training.feature_cache import file_digest, weights_digest
 from ..training.loop import PREDICTIONS_FILE
 from ..training.run_folder import CONFIG_FILE, holds_other_run, set_aside, write_json
 from .significance import encode_predictions
@@ -140,21 +139,6 @@ def data_fingerprint(config: RunConfig) -> dict[str, Any]:
         digest = file_digest(path) if Path(path).is_file() else None
         described[split] = {"path": path, "sha256": digest}
     return {"files": described} if described else {"path": config.data.path, "name": config.data.name}
-
-
-def file_digest(path: str) -> str:
-    """sha256 of a file, hashed once per process for the same path, size and modification time."""
-    stat = Path(path).stat()
-    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def same_data_files(recorded: dict[str, Any], current: dict[str, Any]) -> bool:

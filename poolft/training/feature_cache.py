@@ -54,7 +54,14 @@ def weights_digest(folder: str) -> str:
     return _files_digest(folder, stamps)
 
 
-@functools.lru_cache(maxsize=16)
+def file_digest(path: str) -> str:
+    """sha256 of one file, hashed once per process for the same path, size and modification time."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _files_digest(str(resolved), ((str(resolved), stat.st_size, stat.st_mtime_ns),))
+
+
+@functools.lru_cache(maxsize=64)
 def _files_digest(folder: str, stamps: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
     if not stamps:
