@@ -41,14 +41,30 @@ def check_workers(workers: int) -> int:
 
 @contextmanager
 def workers_ignore_ctrl_c() -> Iterator[None]:
-    """Processes started inside ignore SIGINT (an ignored signal stays ignored across ``exec``).
+    """Processes started inside never receive SIGINT; this one still does, once the block ends.
 
     Ctrl-C reaches every process of the terminal's group; a worker would print a traceback from
     wherever it stood (an import, an idle wait). Only the parent handles it: it stops the workers
-    and reports one line (``RunPool.close``).
+    and reports one line (``RunPool.close``). Inside the block this thread blocks SIGINT, and a blocked
+    signal stays blocked across fork and exec, so the workers started here (and the executor's thread
+    that may start more) keep it blocked for good. A Ctrl-C pressed meanwhile reaches another thread;
+    it is recorded and raised here when the block ends, instead of being lost. Where threads have no
+    signal mask (Windows), SIGINT is ignored during the block instead.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
+        return
+    if hasattr(signal, "pthread_sigmask"):
+        pressed: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda number, frame: pressed.append(number))
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            signal.signal(signal.SIGINT, previous)
+        if pressed and callable(previous):
+            previous(signal.SIGINT, None)  # the Ctrl-C pressed meanwhile (KeyboardInterrupt by default)
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

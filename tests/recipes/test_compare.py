@@ -317,3 +317,33 @@ def test_a_data_file_edited_in_place_is_other_data(tmp_path, tiny_bert_dir, caps
     assert row.split("|")[4].strip() == "1"  # one seed asked for: the earlier seed 1 is not averaged in
     kept = output / "results" / "compare" / "probe" / "mean-seed0.json.replaced-1"
     assert json.loads(kept.read_text()) == first
+
+
+def test_a_ctrl_c_while_workers_start_is_not_lost_and_never_reaches_them():
+    """SIGINT is blocked while worker processes start: they inherit the block for good, and this
+    process gets the Ctrl-C as soon as the block ends (an ignored signal would be lost)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    from poolft.recipes.workers import workers_ignore_ctrl_c
+
+    reached_the_end = False
+    with pytest.raises(KeyboardInterrupt), workers_ignore_ctrl_c():
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the workers start
+        time.sleep(0.2)
+        reached_the_end = True  # not raised inside the block
+    assert reached_the_end
+    try:
+        time.sleep(0.5)  # the child is running Python by now
+        child.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert child.poll() is None  # it never saw the Ctrl-C
+    finally:
+        child.kill()
+        child.wait()
