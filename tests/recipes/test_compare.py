@@ -229,6 +229,8 @@ def test_ctrl_c_stops_the_workers_at_once():
     import threading
     import time
 
+    # a shell without job control starts background jobs with SIGINT ignored; this test needs Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     pool = RunPool(2, startup_seconds=0)
     workers = []
 
@@ -332,6 +334,8 @@ def test_a_ctrl_c_while_workers_start_is_not_lost_and_never_reaches_them():
 
     from poolft.recipes.workers import workers_ignore_ctrl_c
 
+    # a shell without job control starts background jobs with SIGINT ignored; this test needs Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     reached_the_end = False
     with pytest.raises(KeyboardInterrupt), workers_ignore_ctrl_c():
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
