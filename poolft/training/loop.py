@@ -56,7 +56,7 @@ from ..models.modeling import PoolftPreTrainedModel, per_example_loss
 from ..models.saved_models import load_head
 from .averaging import averaged_weights, build_ema
 from .checkpoints import CHECKPOINT_DIR, TrainerState, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .clipping import clipped_optimizer_step
+from .clipping import clipped_optimizer_step, zero_gradients
 from .compilation import (
     CompileStats,
     compile_in_place,
@@ -608,7 +608,7 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
                     else:
                         optimizer.step()
                     scheduler.step()
-                optimizer.zero_grad()
+                zero_gradients(accelerator, optimizer)
             if compile_stats is not None:
                 compile_stats.count_step(graphs_before, batch_started, batch_rows)
             if not finite:
