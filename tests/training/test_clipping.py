@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from poolft.training.clipping import can_fold, clipped_optimizer_step, gradient_norm
+from poolft.training.clipping import can_fold, clipped_optimizer_step, gradient_norm, zero_gradients
 
 
 def model_with_gradients(seed: int = 0, grad_size: float = 1.0) -> nn.Module:
@@ -73,3 +73,27 @@ def test_other_optimizers_clip_then_step() -> None:
     assert norm.item() == pytest.approx(their_norm.item(), rel=1e-5)
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_zero_gradients_clears_at_synchronising_steps_only_as_accelerates_wrapper_does() -> None:
+    # the reference is Accelerate's own wrapper (AcceleratedOptimizer.zero_grad) over two micro-steps of
+    # gradient accumulation: gradients stay between them and are set to None at the synchronising one
+    results = []
+    for ours in (True, False):
+        accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+        model = nn.Linear(4, 2)
+        optimizer = accelerator.prepare(torch.optim.AdamW(model.parameters(), fused=True))
+        seen = []
+        for _ in range(2):
+            with accelerator.accumulate(model):
+                model(torch.ones(1, 4)).sum().backward()
+                if ours:
+                    zero_gradients(accelerator, optimizer)
+                else:
+                    optimizer.zero_grad()
+                seen.append(None if model.weight.grad is None else model.weight.grad.clone())
+        results.append(seen)
+    (ours_first, ours_second), (their_first, their_second) = results
+    assert their_first is not None and their_second is None  # the reference does what this test says
+    torch.testing.assert_close(ours_first, their_first)
+    assert ours_second is None
