@@ -17,7 +17,6 @@ backbone's states are cached with every core. The records are those of one proce
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import sys
@@ -146,14 +145,17 @@ def check_writable(folder: Path) -> None:
                 break
 
 
-def check_data(base: RunConfig, holdout: float | None) -> None:
-    """Load and check the data as the runs will (with the rate search's hold-out when there is a
-    search), so that a data mistake is one line before any run folder exists."""
-    from ..data.sources import load_splits
+def check_data(base: RunConfig, holdout: float | None, backbone: str, backbone_config: Any) -> None:
+    """Load, check and encode the data as the runs will (with the rate search's hold-out when there is
+    a search), so that a data mistake (an unreadable image, say) is one line before any run folder
+    exists. The encoded splits stay in the ``datasets`` cache for the runs."""
+    from ..training.loop import prepare_data
 
-    load_splits(base.data)  # the seed runs' splits
+    prepare_data(copy.deepcopy(base), backbone, backbone_config)  # the seed runs' splits
     if holdout:  # the rate search's: training rows with a held-out share of them
-        load_splits(dataclasses.replace(base.data, holdout_fraction=holdout))
+        held_out = copy.deepcopy(base)
+        held_out.data.holdout_fraction = holdout
+        prepare_data(held_out, backbone, backbone_config)
 
 
 def run_compare(
@@ -183,12 +185,13 @@ def run_compare(
     check_output(Path(output))
     base = track_config(load_config(config_path, overrides), track)
     backbone = resolve_backbone(base.model.backbone)
-    heads, skipped = choose_heads(base, poolers, track, backbone, load_backbone_config(backbone, base.model))
+    backbone_config = load_backbone_config(backbone, base.model)
+    heads, skipped = choose_heads(base, poolers, track, backbone, backbone_config)
     for head, reason in skipped.items():
         report(f"poolft compare: skip {head}: {reason}")
     folder = Path(output)
     rate_list = parse_rates(rates, DEFAULT_RATES[track])
-    check_data(base, holdout if len(rate_list) > 1 else None)
+    check_data(base, holdout if len(rate_list) > 1 else None, backbone, backbone_config)
     rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
     sweep = Sweep(
         base,

@@ -174,37 +174,61 @@ def shared_on_main(accelerator: Accelerator, function: Any) -> Any:
     return payload[0]
 
 
+@dataclass
+class PreparedData:
+    """A run's data stage: the loaded splits, the backbone's preprocessor and the encoded splits."""
+
+    splits: Any  # ``load_splits``' result: task, label names, description, multi_label
+    preprocessor: Any
+    train_set: Any
+    eval_set: Any
+    holdout: HeldOutRows | None
+
+
+def prepare_data(config: RunConfig, backbone: str, backbone_config: Any) -> PreparedData:
+    """Load, check and encode ``config``'s splits for ``backbone`` (text tokenized, images decoded and sized).
+
+    Every data mistake a run can meet surfaces here as a ``PoolftError``, before a model is built: so
+    ``poolft compare`` calls it before its first run. The encoded splits sit in the ``datasets`` cache,
+    and a run of the same data reuses them. ``config.data`` takes the text column(s) chosen from the data.
+    """
+    splits = load_splits(config.data)
+    config.data = splits.data  # text column(s) chosen from the data: config.yaml records them
+    check_metric_for_best(config.train.metric_for_best, splits.multi_label)
+    backbones.check_modality(backbone, backbone_config, splits.task)
+    preprocessor = backbones.load_preprocessor(backbone, splits.task, config.model)
+    if splits.task == "image":
+        # saved with the model, so predict/eval/pipeline resize and crop as training did
+        preprocessor = processor_for_image_size(preprocessor, config.data.image_size)
+        backbones.check_image_fits(backbone, backbone_config, processor_size(preprocessor))
+        backbones.fill_patch_grid(config.model, backbone_config, processor_size(preprocessor))
+    if splits.task == "text":
+        from ..data.text import check_max_length
+
+        check_max_length(config.data, preprocessor, backbones.max_positions(backbone_config))
+        # saved with the model, so predict/eval/pipeline(truncation=True) truncate as training does
+        preprocessor.model_max_length = config.data.max_length
+    holdout = splits.holdout
+    if holdout is not None:
+        # encode the whole training split once (shared with the full-split runs), then select rows
+        encoded = encode_split(holdout.source, preprocessor, splits.task, config.data, config.data.train_split)
+        holdout = HeldOutRows(encoded, holdout.train_rows, holdout.eval_rows)
+        train_set, eval_set = encoded.select(holdout.train_rows), encoded.select(holdout.eval_rows)
+    else:
+        train_set = encode_split(splits.train, preprocessor, splits.task, config.data, config.data.train_split)
+        eval_set = encode_split(splits.eval, preprocessor, splits.task, config.data, config.data.eval_split)
+    return PreparedData(splits, preprocessor, train_set, eval_set, holdout)
+
+
 def load_run_inputs(config: RunConfig, accelerator: Accelerator, head_from: str | None = None) -> RunInputs:
     """Data, preprocessor and model for ``config`` (main process tokenizes first, others reuse the cache)."""
     backbones.check_pooler(config.model)
     backbone = backbones.resolve_backbone(config.model.backbone)
     backbone_config = backbones.load_backbone_config(backbone, config.model)
     with accelerator.main_process_first():
-        splits = load_splits(config.data)
-        config.data = splits.data  # text column(s) chosen from the data: config.yaml records them
-        check_metric_for_best(config.train.metric_for_best, splits.multi_label)
-        backbones.check_modality(backbone, backbone_config, splits.task)
-        preprocessor = backbones.load_preprocessor(backbone, splits.task, config.model)
-        if splits.task == "image":
-            # saved with the model, so predict/eval/pipeline resize and crop as training did
-            preprocessor = processor_for_image_size(preprocessor, config.data.image_size)
-            backbones.check_image_fits(backbone, backbone_config, processor_size(preprocessor))
-            backbones.fill_patch_grid(config.model, backbone_config, processor_size(preprocessor))
-        if splits.task == "text":
-            from ..data.text import check_max_length
-
-            check_max_length(config.data, preprocessor, backbones.max_positions(backbone_config))
-            # saved with the model, so predict/eval/pipeline(truncation=True) truncate as training does
-            preprocessor.model_max_length = config.data.max_length
-        holdout = splits.holdout
-        if holdout is not None:
-            # encode the whole training split once (shared with the full-split runs), then select rows
-            encoded = encode_split(holdout.source, preprocessor, splits.task, config.data, config.data.train_split)
-            holdout = HeldOutRows(encoded, holdout.train_rows, holdout.eval_rows)
-            train_set, eval_set = encoded.select(holdout.train_rows), encoded.select(holdout.eval_rows)
-        else:
-            train_set = encode_split(splits.train, preprocessor, splits.task, config.data, config.data.train_split)
-            eval_set = encode_split(splits.eval, preprocessor, splits.task, config.data, config.data.eval_split)
+        data = prepare_data(config, backbone, backbone_config)
+    splits, preprocessor, holdout = data.splits, data.preprocessor, data.holdout
+    train_set, eval_set = data.train_set, data.eval_set
     problem_type = MULTI_LABEL if splits.multi_label else None
     model = backbones.build_model(
         backbone, splits.task, config.model, splits.label_names, config.data.image_size, problem_type=problem_type

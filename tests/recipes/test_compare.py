@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from datasets_for_tests import write_sentiment_csv
+from datasets_for_tests import write_image_folder, write_sentiment_csv
 from PIL import Image
 
 import poolft.recipes.workers
@@ -165,6 +165,20 @@ def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_li
     err = capsys.readouterr().err.strip()
     assert "holds a README.md that poolft compare did not write" in err and len(err.splitlines()) == 1
     assert sorted(path.name for path in notes.iterdir()) == ["README.md"]
+
+
+def test_an_unreadable_image_is_one_line_before_any_run(tmp_path, tiny_vit_dir, capsys, quiet_libraries):
+    # the data check decodes and sizes the images as the runs will: a broken file in the training split
+    # (or in the evaluation split) stops compare before its first run folder exists
+    for split in ("train", "test"):
+        images = write_image_folder(tmp_path / f"broken-{split}", {"train": 4, "test": 2}, mode="RGB")
+        (images / split / "light" / "7.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        output = tmp_path / f"out-{split}"
+        arguments = ["compare", f"--model.backbone={tiny_vit_dir}", f"--data.path={images}", "--data.eval_split=test"]
+        assert main([*arguments, "--output", str(output)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("poolft: error: image ") and f"7.png in split '{split}' cannot be read" in lines[-1]
+        assert not any(line.startswith("poolft: error:") for line in lines[:-1]) and not output.exists()
 
 
 def test_compare_runs_image_heads_on_a_folder_of_images(tmp_path, tiny_vit_dir, capsys):
