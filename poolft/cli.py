@@ -203,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="runs trained at once, each in its own process (worth it for probe heads, which use one thread each)",
     )
+    sweep.add_argument(
+        "--any-cpu",
+        dest="any_cpu",
+        action="store_true",
+        help="count runs recorded on another kind of CPU as done (a long sweep spread over machines); by default "
+        "they run again, as full-precision numbers differ between CPU vendors and matrix features",
+    )
     compare = commands.add_parser(
         "compare",
         help="which head for your data: every head, 3 seeds, a rate search and 95%% intervals (probe track)",
@@ -417,6 +424,7 @@ def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
         overrides,
         args.grid_extensions,
         args.workers,
+        args.any_cpu,
     )
     print(f"poolft sweep: {len(written)} result files under {args.results}")
     return 0

@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--lora-lr", type=float, default=1e-3, help="rate of the LoRA adapters")
     parser.add_argument("--ema-decay", type=float, default=0.99)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--mixed-precision", default="no", help="no (default: the same numbers on any CPU) | auto")
+    parser.add_argument("--mixed-precision", default="no", help="no (default: reproducible on one CPU kind) | auto")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="256 sentences, 64 for evaluation, 8 steps per job")
     parser.add_argument("--workdir", default=None)

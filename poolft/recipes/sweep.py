@@ -26,6 +26,7 @@ from ..pooling import available_poolers
 from ..training.feature_cache import file_digest, weights_digest
 from ..training.loop import PREDICTIONS_FILE
 from ..training.run_folder import CONFIG_FILE, holds_other_run, set_aside, write_json
+from ..training.run_info import numeric_kind
 from .significance import encode_predictions
 from .workers import RunPool
 
@@ -203,9 +204,10 @@ class Sweep:
         runs_dir: Path,
         report: Callable[[str], None] = print,
         grid_extensions: int = 2,
+        any_cpu: bool = False,
     ) -> None:
         self.base, self.task, self.track = base, task, track
-        self.grid_extensions = grid_extensions
+        self.grid_extensions, self.any_cpu = grid_extensions, any_cpu
         self.heads, self.seeds, self.rates, self.rate_key, self.holdout = heads, seeds, rates, rate_key, holdout
         self.results = results_dir / task / track
         self.runs = runs_dir / task / track
@@ -324,7 +326,12 @@ class Sweep:
         return [trained.get(id(job), job.result) for job in jobs]
 
     def recorded(self, job: RunJob) -> bool:
-        """Whether ``job.result`` records this exact run (then it is not trained again)."""
+        """Whether ``job.result`` records this exact run (then it is not trained again).
+
+        A full-precision record made on another kind of CPU (``numeric_kind``) is not this run: its
+        numbers reproduce only there. With ``any_cpu`` it counts as done, so that one sweep can be
+        spread over machines of several kinds (each record keeps the hardware it ran on).
+        """
         if not job.result.is_file():
             return False
         record = json.loads(job.result.read_text())
@@ -334,6 +341,13 @@ class Sweep:
             return False
         if not same_data_files(record.get("dataset") or {}, data_fingerprint(job.config)):
             return False  # a data file was edited in place: same settings, other data
+        recorded_on, here = numeric_kind(record.get("hardware") or {}), numeric_kind()
+        if recorded_on != here and not self.any_cpu:
+            self.report(
+                f"poolft sweep: {job.result} was recorded on {recorded_on}, this machine is {here}; full-precision "
+                "numbers differ between CPU kinds, so it runs again here (--any-cpu counts it as done)"
+            )
+            return False
         if any(record.get(key) != value for key, value in job.extra.items()):
             # same run, but the rate search around it grew (e.g. a wider grid): record that
             write_json(job.result, {**record, **job.extra})
@@ -349,7 +363,9 @@ class Sweep:
         seed_run = "rate-search" not in job.result.parts
         if job.result.is_file():  # the record of a run with other settings or data: kept beside, not overwritten
             aside = set_aside(job.result)
-            self.report(f"poolft sweep: {job.result} recorded a run of other settings or data; moved it to {aside}")
+            self.report(
+                f"poolft sweep: {job.result} recorded a run of other settings, data or CPU kind; moved it to {aside}"
+            )
             if (output_dir / "metrics.json").is_file():  # that record's finished run folder goes with it
                 aside = set_aside(output_dir)
                 self.report(f"poolft sweep: moved its finished run folder {output_dir} to {aside}")
@@ -491,6 +507,7 @@ def run_sweep(
     overrides: list[str],
     grid_extensions: int = 2,
     workers: int = 1,
+    any_cpu: bool = False,
 ) -> list[Path]:
     """The ``poolft sweep`` command; ``workers`` runs train at once (see ``RunPool``)."""
     base = load_config(config_path, overrides)
@@ -518,6 +535,7 @@ def run_sweep(
         Path(results_dir),
         Path(runs_dir),
         grid_extensions=grid_extensions,
+        any_cpu=any_cpu,
     )
     with RunPool(workers, prepare=sweep.cache_builder()) as pool:  # RunPool checks workers
         return sweep.run(pool)

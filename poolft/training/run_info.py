@@ -22,6 +22,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_vendor() -> str:
+    """``vendor_id`` of /proc/cpuinfo (``GenuineIntel``, ``AuthenticAMD``), or ``unknown``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -43,11 +54,12 @@ def matrix_flags() -> list[str]:
 
 
 def precision_identity(resolved: str) -> str:
-    """What of the hardware a run's numbers depend on at precision ``resolved`` (``no``/``bf16``/``fp16``).
+    """The precision part of a run's identity at ``resolved`` (``no``/``bf16``/``fp16``).
 
-    Measured on SST-2 fine-tuning: in fp32 an AMX CPU reproduced a record made without AMX bit for
-    bit, while ``bf16`` there gave another accuracy (0.8200 vs 0.8211). So full precision is one
-    identity everywhere, and a 16-bit run is tied to the device and CPU matrix features it ran on.
+    A 16-bit run is tied to the device and CPU matrix features it ran on (on SST-2 fine-tuning, bf16
+    gave 0.8200 on an AMX CPU where the fp32 record was 0.8211). Full precision is ``no`` here; the
+    CPU it ran on is checked apart (``numeric_kind``), so that records made before that check keep
+    their identity.
     """
     if resolved == "no":
         return "no"
@@ -56,10 +68,34 @@ def precision_identity(resolved: str) -> str:
     return f"{resolved}@cpu:{'+'.join(matrix_flags()) or 'none'}"
 
 
+VENDORS = {"intel": "GenuineIntel", "amd": "AuthenticAMD"}
+
+
+def numeric_kind(recorded: dict[str, Any] | None = None) -> str:
+    """What picks the rounding of a full-precision run: the GPU, else the CPU vendor and matrix features.
+
+    torch's CPU kernels come from MKL, oneDNN and its own vectorised loops, and each picks its code
+    path by vendor and instruction set. So one fp32 run gives other numbers on another kind of CPU:
+    a Fashion-MNIST fine-tune recorded on an Intel Xeon (AMX, AVX-512) at accuracy 0.778 gave 0.782
+    on an AMD EPYC (AVX-512), twice, bit for bit. ``recorded`` is a record's ``hardware`` (its vendor
+    read from the CPU's name where the record predates ``cpu_vendor``); None is this machine.
+    """
+    if recorded is None:
+        recorded = hardware()
+    if recorded.get("gpu"):
+        return f"cuda:{recorded['gpu']}"
+    vendor = recorded.get("cpu_vendor")
+    if not vendor:
+        name = str(recorded.get("cpu", "")).lower()
+        vendor = next((v for key, v in VENDORS.items() if key in name), "unknown")
+    return f"cpu:{vendor}:{'+'.join(sorted(recorded.get('cpu_flags') or [])) or 'none'}"
+
+
 def hardware() -> dict[str, Any]:
     """CPU model, cores and matrix features, torch threads, and the GPU when there is one."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
+        "cpu_vendor": cpu_vendor(),
         "cpu_flags": matrix_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -305,7 +305,7 @@ def test_a_compare_of_other_data_into_the_same_output_keeps_the_earlier_records(
         assert main([*arguments, "--workers", "1", "--output", str(output)]) == 0
         records[name] = json.loads((output / "results" / "compare" / "probe" / "mean-seed0.json").read_text())
     err = capsys.readouterr().err
-    assert "mean-seed0.json recorded a run of other settings or data; moved it to" in err
+    assert "mean-seed0.json recorded a run of other settings, data or CPU kind; moved it to" in err
     assert "moved its finished run folder" in err  # its run folder goes with it
     kept = output / "results" / "compare" / "probe" / "mean-seed0.json.replaced-1"
     assert json.loads(kept.read_text()) == records["first"]
@@ -327,7 +327,7 @@ def test_a_data_file_edited_in_place_is_other_data(tmp_path, tiny_bert_dir, caps
     capsys.readouterr()
     assert main([*common, "--seeds", "0", "--output", str(output)]) == 0
     captured = capsys.readouterr()
-    assert "mean-seed0.json recorded a run of other settings or data" in captured.err
+    assert "mean-seed0.json recorded a run of other settings, data or CPU kind" in captured.err
     assert "(already done)" not in captured.err
     row = next(line for line in captured.out.splitlines() if line.startswith("| mean |"))
     assert row.split("|")[4].strip() == "1"  # one seed asked for: the earlier seed 1 is not averaged in

@@ -114,6 +114,45 @@ def test_sweep_runs_grid_with_rate_search_then_skips_and_resumes(tmp_path, tiny_
     assert calls == [str(runs / "tiny" / "probe" / "mean-seed1")]  # only the missing run
 
 
+def test_a_record_made_on_another_kind_of_cpu_runs_again_unless_any_cpu(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """fp32 rounding follows the CPU's vendor and matrix features: a record from another kind of CPU
+    is not "already done" here (it is kept beside); ``--any-cpu`` counts it as done."""
+    config = recipe(tmp_path, tiny_bert_dir, probe=True)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    arguments = ["sweep", "--config", config, "--poolers", "mean", "--seeds", "0", "--rates", "1e-2"]
+    arguments += ["--results", str(results), "--runs", str(runs)]
+    calls = count_trainings(monkeypatch)
+    assert main(arguments) == 0 and len(calls) == 1  # one rate (no search), one seed
+    seed_record = results / "tiny" / "probe" / "mean-seed0.json"
+    elsewhere = json.loads(seed_record.read_text())
+    # as a record written before cpu_vendor was kept: the vendor is read from the CPU's name
+    del elsewhere["hardware"]["cpu_vendor"]
+    elsewhere["hardware"].update(cpu="Elsewhere Corp. CPU", cpu_flags=["avx2"])
+    seed_record.write_text(json.dumps(elsewhere))
+
+    calls.clear()
+    capsys.readouterr()
+    assert main([*arguments, "--any-cpu"]) == 0
+    assert calls == [] and "(already done)" in capsys.readouterr().out
+
+    assert main(arguments) == 0
+    assert calls == [str(runs / "tiny" / "probe" / "mean-seed0")]
+    out = capsys.readouterr().out
+    assert "was recorded on cpu:unknown:avx2, this machine is cpu:" in out and "--any-cpu counts it as done" in out
+    assert json.loads(seed_record.with_name("mean-seed0.json.replaced-1").read_text()) == elsewhere  # kept
+    assert json.loads(seed_record.read_text())["hardware"]["cpu_vendor"]  # the new record names its vendor
+
+
+def test_numeric_kind_reads_the_vendor_of_records_made_before_it_was_kept():
+    from poolft.training.run_info import numeric_kind
+
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor", "cpu_flags": ["avx512f", "amx_tile", "avx2"]}
+    assert numeric_kind(xeon) == "cpu:GenuineIntel:amx_tile+avx2+avx512f"
+    epyc = {"cpu": "AMD EPYC", "cpu_vendor": "AuthenticAMD", "cpu_flags": ["avx2", "avx512f"]}
+    assert numeric_kind(epyc) == "cpu:AuthenticAMD:avx2+avx512f"
+    assert numeric_kind({**epyc, "gpu": "NVIDIA H100 80GB HBM3"}) == "cuda:NVIDIA H100 80GB HBM3"
+
+
 def test_widened_rate_grid_reuses_finished_runs_and_records_the_new_search(tmp_path, tiny_bert_dir, monkeypatch):
     config = recipe(tmp_path, tiny_bert_dir, probe=True)
     results, runs = tmp_path / "results", tmp_path / "runs"
