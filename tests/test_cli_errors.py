@@ -123,6 +123,16 @@ def build_workspace(root: Path, bert: Path, vit: Path) -> Workspace:
         if (bert / name).is_file():
             shutil.copy(bert / name, no_weights / name)
 
+    no_tokenizer = root / "no_tokenizer"  # weights and config only: transformers builds a special-tokens-only tokenizer
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(bert / name, no_tokenizer / name)
+    other_tokenizer = root / "other_tokenizer"  # a tokenizer with ids past the embedding table
+    shutil.copytree(no_tokenizer, other_tokenizer)
+    larger = AutoTokenizer.from_pretrained(bert)
+    larger.add_tokens([f"extra{i}" for i in range(5)])
+    larger.save_pretrained(other_tokenizer)
+
     text_model = root / "text_model"
     PoolftForSequenceClassification.from_backbone(str(bert), id2label={0: "neg", 1: "pos"}).save_pretrained(text_model)
     AutoTokenizer.from_pretrained(bert).save_pretrained(text_model)
@@ -358,6 +368,16 @@ CASES = [
         "backbone with a config but no weights",
         lambda ws: text_args(ws, ws.out("noweights"), None, f"--model.backbone={ws.path('no_weights')}"),
         ("cannot load the weights of backbone", "pass a folder with model.safetensors"),
+    ),
+    Case(
+        "backbone folder without tokenizer files",
+        lambda ws: text_args(ws, ws.out("notok"), None, f"--model.backbone={ws.path('no_tokenizer')}"),
+        ("has no tokenizer files", "save the backbone's tokenizer with it"),
+    ),
+    Case(
+        "tokenizer larger than the backbone's vocabulary",
+        lambda ws: text_args(ws, ws.out("othertok"), None, f"--model.backbone={ws.path('other_tokenizer')}"),
+        ("tokens but the model's embeddings hold", "save the backbone's own tokenizer with it"),
     ),
     Case(
         "text backbone on image data",

@@ -143,6 +143,32 @@ def load_preprocessor(name_or_path: str, task: str, model: ModelConfig) -> Any:
         ) from None
 
 
+def check_tokenizer(name_or_path: str, tokenizer: Any, backbone_config: Any) -> None:
+    """The tokenizer must be the backbone's: a real vocabulary, and no token id past its embeddings.
+
+    transformers builds a tokenizer of special tokens alone from a folder without tokenizer files
+    (every word becomes [UNK]), and another family's tokenizer yields ids the embedding table lacks.
+
+    Raises:
+        PoolftError: it knows only special tokens, or it has more tokens than the backbone's
+            ``vocab_size``.
+    """
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if len(tokenizer) <= len(special):
+        raise PoolftError(
+            f"backbone {name_or_path} has no tokenizer files (its tokenizer knows only {len(tokenizer)} special "
+            "tokens, so every word would be unknown); save the backbone's tokenizer with it "
+            "(tokenizer.save_pretrained(folder))"
+        )
+    vocab_size = getattr(backbone_config, "vocab_size", None)
+    if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+        raise PoolftError(
+            f"the tokenizer saved with backbone {name_or_path} has {len(tokenizer)} tokens but the model's embeddings "
+            f"hold {vocab_size} (config vocab_size): it is not this model's tokenizer; save the backbone's own "
+            "tokenizer with it"
+        )
+
+
 def check_pooler(model: ModelConfig) -> None:
     """Unknown head names and options are errors that list the valid ones."""
     if model.stock_head:

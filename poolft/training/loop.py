@@ -205,6 +205,7 @@ def prepare_data(config: RunConfig, backbone: str, backbone_config: Any) -> Prep
     if splits.task == "text":
         from ..data.text import check_max_length
 
+        backbones.check_tokenizer(backbone, preprocessor, backbone_config)
         check_max_length(config.data, preprocessor, backbones.max_positions(backbone_config))
         # saved with the model, so predict/eval/pipeline(truncation=True) truncate as training does
         preprocessor.model_max_length = config.data.max_length
