@@ -233,9 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="runs trained at once, each in its own process (default: one per CPU core on the probe track, else 1)",
     )
     report = commands.add_parser("report", help="regenerate recipes/README.md from recipes/results/*.json")
-    report.add_argument("--results", default="recipes/results")
-    report.add_argument("--output", default="recipes/README.md")
-    report.add_argument("--readme", default="README.md", help="project README whose marked block gets the tables")
+    report.add_argument(
+        "--results", default="recipes/results", help="folder of poolft sweep's JSON records (default: %(default)s)"
+    )
+    report.add_argument(
+        "--output", default="recipes/README.md", help="Markdown file to write, plots beside it (default: %(default)s)"
+    )
+    report.add_argument(
+        "--readme",
+        default="README.md",
+        help="README whose <!-- poolft-report:start/end --> block gets the headline tables (default: %(default)s)",
+    )
     return parser
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +37,44 @@ TRACK_ORDER = ["finetune", "finetune-lpft", "probe"]
 START, END = "<!-- poolft-report:start -->", "<!-- poolft-report:end -->"
 
 
+def record_files(results_dir: Path) -> list[Path]:
+    """The JSON records under ``results_dir``, sorted.
+
+    Raises:
+        PoolftError: ``results_dir`` is not a folder, or holds no record (a mistyped ``--results``
+            would otherwise write an empty report over the tables).
+    """
+    if not results_dir.is_dir():
+        raise PoolftError(
+            f"--results {results_dir} is not a folder; pass the folder of `poolft sweep` records (nothing was written)"
+        )
+    files = sorted(results_dir.rglob("*.json"))
+    if not files:
+        raise PoolftError(
+            f"--results {results_dir} holds no .json records; pass the folder `poolft sweep --results` wrote "
+            "(nothing was written)"
+        )
+    return files
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PoolftError(f"cannot read record {path} ({error}); remove or restore it (nothing was written)") from None
+    if not isinstance(record, dict):
+        raise PoolftError(f"record {path} is not a JSON object; remove or restore it (nothing was written)")
+    return record
+
+
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
     """Every per-seed result (rate-search runs excluded), in a stable order."""
-    files = sorted(p for p in results_dir.rglob("*.json") if "rate-search" not in p.parts)
-    return [json.loads(p.read_text(encoding="utf-8")) for p in files]
+    return [read_record(p) for p in record_files(results_dir) if "rate-search" not in p.parts]
 
 
 def load_search_runs(results_dir: Path) -> list[dict[str, Any]]:
     """The rate-search runs (only their cost is reported: their accuracy is on held-out training data)."""
-    files = sorted(p for p in results_dir.rglob("*.json") if "rate-search" in p.parts)
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in files]
+    records = [read_record(p) for p in record_files(results_dir) if "rate-search" in p.parts]
     return [r for r in records if "task" in r and "wall_seconds" in r]
 
 
@@ -385,17 +415,51 @@ def headline(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_report(results_dir: Path, output: Path, readme: Path | None = None) -> str:
-    """Write ``output`` (+ plots beside it); optionally refresh the marked block of ``readme``."""
+def check_output_folder(output: Path) -> None:
+    """``output``'s folder exists or can be made, and ``output`` is not a folder.
+
+    Raises:
+        PoolftError: ``output`` is a folder, or its folder is a file or cannot be created.
+    """
+    if output.is_dir():
+        raise PoolftError(
+            f"--output {output} is a folder; pass the Markdown file to write, e.g. {output / 'README.md'}"
+        )
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PoolftError(
+            f"--output {output} cannot be written in {output.parent} ({error.strerror}); choose another path"
+        ) from None
+
+
+def write_report(
+    results_dir: Path, output: Path, readme: Path | None = None, note: Callable[[str], None] = print
+) -> str:
+    """Write ``output`` (+ plots beside it); optionally refresh the marked block of ``readme``.
+
+    Everything is read and checked before anything is written: a missing or empty ``results_dir``,
+    an unreadable record or an unwritable ``output`` is a ``PoolftError`` that leaves every file as
+    it was. ``note`` hears why ``readme`` was left alone (no file, or no markers).
+    """
     results = load_results(results_dir)
-    text = render(results, output.parent / "plots", search_runs=load_search_runs(results_dir))
+    search_runs = load_search_runs(results_dir)
+    check_output_folder(output)
+    text = render(results, output.parent / "plots", search_runs=search_runs)
     output.write_text(text, encoding="utf-8")
-    if readme is not None and readme.is_file():
-        content = readme.read_text(encoding="utf-8")
-        if START in content and END in content:
-            before, rest = content.split(START, 1)
-            _, after = rest.split(END, 1)
-            link = "Full tables, plots, budgets and hardware: [recipes/README.md](recipes/README.md)."
-            block = f"{START}\n{headline(results)}\n{link}\n{END}"
-            readme.write_text(before + block + after, encoding="utf-8")
+    if readme is None:
+        return text
+    if not readme.is_file():
+        note(f"poolft report: {readme} does not exist; no README block updated")
+        return text
+    content = readme.read_text(encoding="utf-8")
+    if START not in content or END not in content:
+        note(f"poolft report: {readme} has no {START} ... {END} block; it was left as it was")
+        return text
+    before, rest = content.split(START, 1)
+    _, after = rest.split(END, 1)
+    target = Path(os.path.relpath(output.resolve(), readme.resolve().parent)).as_posix()
+    link = f"Full tables, plots, budgets and hardware: [{target}]({target})."
+    block = f"{START}\n{headline(results)}\n{link}\n{END}"
+    readme.write_text(before + block + after, encoding="utf-8")
     return text

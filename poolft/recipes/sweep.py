@@ -484,6 +484,8 @@ def parse_seeds(text: str) -> list[int]:
     seeds = parse_list(text, int)
     if not seeds or any(not 0 <= seed < 2**32 for seed in seeds):
         raise PoolftError(f"--seeds {text!r} must list one or more seeds in [0, 2**32), e.g. 0,1,2")
+    if len(set(seeds)) < len(seeds):
+        raise PoolftError(f"--seeds {text!r} lists a seed twice; give each seed once (a repeat is no new sample)")
     return seeds
 
 
@@ -522,6 +524,10 @@ def run_sweep(
             "train.feature_cache: true (and freeze_backbone), finetune-lpft needs train.head_warmup_epochs > 0"
         )
     rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
+    if task is not None and (not task.strip() or task in (".", "..") or any(sep in task for sep in "/\\")):
+        raise PoolftError(
+            f"--task {task!r} must be a plain name (no / or ..): it names a folder under --results and --runs"
+        )
     task = task or Path(config_path).parent.name
     sweep = Sweep(
         base,

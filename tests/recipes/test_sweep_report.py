@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -144,6 +145,21 @@ def test_a_record_made_on_another_kind_of_cpu_runs_again_unless_any_cpu(tmp_path
     )
     assert json.loads(seed_record.with_name("mean-seed0.json.replaced-1").read_text()) == elsewhere  # kept
     assert json.loads(seed_record.read_text())["hardware"]["cpu_vendor"]  # the new record names its vendor
+
+
+def test_sweep_task_is_a_plain_name_and_seeds_are_distinct(tmp_path, tiny_bert_dir, capsys):
+    config = recipe(tmp_path, tiny_bert_dir, probe=True)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    common = ["sweep", "--config", config, "--poolers", "mean", "--results", str(results), "--runs", str(runs)]
+    for extra, message in (
+        (["--task", "../escape"], "--task '../escape' must be a plain name"),
+        (["--task", ".."], "must be a plain name"),
+        (["--seeds", "1,1"], "--seeds '1,1' lists a seed twice"),
+    ):
+        assert main([*common, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not results.exists() and not runs.exists() and not (tmp_path / "escape").exists()
 
 
 def test_numeric_kind_reads_the_vendor_of_records_made_before_it_was_kept():
@@ -344,6 +360,48 @@ def test_report_tables_from_fixture_files(tmp_path):
     assert "| mean | 85.00 ± 1.00" in refreshed
     again = render(load_results(results), None, search_runs=load_search_runs(results))
     assert again == text  # the same files give the same bytes
+
+
+def test_report_mistakes_are_one_line_and_overwrite_nothing(tmp_path, capsys):
+    """A mistyped --results (missing, empty, a file) or an unreadable record used to write an empty
+    report over the tables; now nothing is written. A new --output folder is made, and the README's
+    link points at the report that was written."""
+    results = tmp_path / "results"
+    path = results / "sst2" / "finetune" / "stock-seed0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(fixture_result("sst2", "finetune", "stock", 0, 0.8)))
+    output, readme = tmp_path / "report" / "README.md", tmp_path / "README.md"
+    output.parent.mkdir()
+    output.write_text("the tables\n")
+    readme.write_text(f"intro\n{START}\nthe headline\n{END}\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("mine\n")
+    broken = tmp_path / "broken"
+    shutil.copytree(results, broken)
+    (broken / "sst2" / "finetune" / "mean-seed0.json").write_text("{ half a record")
+    common = ["--output", str(output), "--readme", str(readme)]
+    for arguments, message in (
+        (["--results", str(tmp_path / "reslts")], "is not a folder"),
+        (["--results", str(tmp_path / "empty")], "holds no .json records"),
+        (["--results", str(tmp_path / "a-file")], "is not a folder"),
+        (["--results", str(broken)], "cannot read record"),
+        (["--results", str(results), "--output", str(tmp_path / "a-file" / "README.md")], "cannot be written"),
+        (["--results", str(results), "--output", str(tmp_path / "report")], "is a folder"),
+    ):
+        assert main(["report", *common, *arguments]) == 2, arguments
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert output.read_text() == "the tables\n" and "the headline" in readme.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "a-file", "broken", "empty", "report", "results"]
+
+    elsewhere = tmp_path / "new" / "folder" / "tables.md"
+    assert main(["report", "--results", str(results), "--output", str(elsewhere), "--readme", str(readme)]) == 0
+    assert elsewhere.is_file() and "[new/folder/tables.md](new/folder/tables.md)" in readme.read_text()
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers here\n")
+    assert main(["report", "--results", str(results), "--output", str(elsewhere), "--readme", str(plain)]) == 0
+    assert "has no <!-- poolft-report:start -->" in capsys.readouterr().out
+    assert plain.read_text() == "no markers here\n"
 
 
 def paired_fixture_records(examples: int = 2000) -> list[dict]:
