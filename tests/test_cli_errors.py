@@ -92,6 +92,9 @@ def build_workspace(root: Path, bert: Path, vit: Path) -> Workspace:
     (text / "header_only.csv").write_text("text,label\n", encoding="utf-8")
     (text / "latin1.csv").write_bytes("text,label\ncaf\xe9 was good,pos\nbad,neg\n".encode("latin-1"))
     (text / "table.xlsx").write_bytes(b"PK\x03\x04")
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": "one"}, {"text": "fine", "label": 0}]
+    (text / "mixed_labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (text / "validation.jsonl").write_text(json.dumps({"text": "good", "label": 1}) + "\n", encoding="utf-8")
     (root / "empty_folder").mkdir()
 
     images = write_image_folder(root / "images", {"train": 2, "validation": 1}, mode="RGB")
@@ -368,6 +371,15 @@ CASES = [
         "backbone with a config but no weights",
         lambda ws: text_args(ws, ws.out("noweights"), None, f"--model.backbone={ws.path('no_weights')}"),
         ("cannot load the weights of backbone", "pass a folder with model.safetensors"),
+    ),
+    Case(
+        "a JSON label column of numbers and text",
+        lambda ws: text_args(
+            ws,
+            ws.out("mixed"),
+            {"train": ws.path("text", "mixed_labels.jsonl"), "validation": ws.path("text", "validation.jsonl")},
+        ),
+        ("label column 'label' of the training split mixes value types", "write every label the same way"),
     ),
     Case(
         "backbone folder without tokenizer files",

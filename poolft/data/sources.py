@@ -453,12 +453,26 @@ def check_columns(config: DataConfig, task: str, split: Dataset, split_name: str
             )
 
 
+def distinct_labels(split: Dataset, label_column: str, split_name: str) -> list[Any]:
+    """The distinct values of ``label_column``; a column of mixed types (numbers and text in one
+    JSON column, which Arrow keeps as raw JSON) is a ``PoolftError``."""
+    import pyarrow as pa
+
+    try:
+        return split.unique(label_column)
+    except (pa.ArrowException, TypeError, ValueError):
+        raise PoolftError(
+            f"label column {label_column!r} of the {split_name} split mixes value types (e.g. 1 and \"one\"); "
+            "write every label the same way (all numbers or all text)"
+        ) from None
+
+
 def label_names_of(train: Dataset, label_column: str) -> list[str]:
     """Names from a ``ClassLabel`` feature, else the sorted distinct training labels."""
     feature = train.features[label_column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
-    values = train.unique(label_column)
+    values = distinct_labels(train, label_column, "training")
     if any(v is None for v in values):
         raise PoolftError(f"the training split has empty labels in column {label_column!r}; drop or fill those rows")
     return [str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
@@ -477,7 +491,7 @@ def encode_labels(split: Dataset, label_column: str, label_names: list[str], spl
             return split
         return split.rename_column(label_column, "labels") if "labels" not in split.column_names else split
     index = {name: i for i, name in enumerate(label_names)}
-    seen = {str(v) for v in split.unique(label_column)}
+    seen = {str(v) for v in distinct_labels(split, label_column, split_name)}
     unseen = sorted(seen - set(index))
     if unseen:
         raise PoolftError(
