@@ -691,6 +691,10 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
 
 def _check_ranges(config: RunConfig) -> None:
     train, data = config.train, config.data
+    for section in ("model", "data", "train"):  # YAML reads .nan as a float: no setting takes it
+        for key, value in vars(getattr(config, section)).items():
+            if isinstance(value, float) and math.isnan(value):
+                raise PoolftError(f"{section}.{key} must be a number, got nan; give a value (or leave it out)")
     positive = {
         "train.batch_size": train.batch_size,
         "train.eval_batch_size": train.eval_batch_size,
@@ -706,8 +710,8 @@ def _check_ranges(config: RunConfig) -> None:
         "train.head_learning_rate": train.head_learning_rate,
         "train.epochs": train.epochs,
     }.items():
-        if value <= 0:
-            raise PoolftError(f"{name} must be positive, got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            raise PoolftError(f"{name} must be positive and finite, got {value}")
     for name, value in {
         "train.max_steps": train.max_steps,
         "train.eval_every_steps": train.eval_every_steps,

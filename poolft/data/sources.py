@@ -462,7 +462,7 @@ def distinct_labels(split: Dataset, label_column: str, split_name: str) -> list[
         return split.unique(label_column)
     except (pa.ArrowException, TypeError, ValueError):
         raise PoolftError(
-            f"label column {label_column!r} of the {split_name} split mixes value types (e.g. 1 and \"one\"); "
+            f'label column {label_column!r} of the {split_name} split mixes value types (e.g. 1 and "one"); '
             "write every label the same way (all numbers or all text)"
         ) from None
 
