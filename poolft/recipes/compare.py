@@ -83,7 +83,7 @@ def choose_heads(
     """The heads to run and the ones skipped with the reason. Asked-for heads that cannot run are an
     error; by default every head is tried and the ones that do not fit the backbone are skipped."""
     if requested is not None:
-        heads = parse_list(requested, str)
+        heads = parse_list(requested, str, "--poolers")
         if not heads:
             raise PoolftError("--poolers is empty; name heads (e.g. stock,mean,attention) or leave it out for all")
         unknown = [head for head in heads if head not in known_heads()]

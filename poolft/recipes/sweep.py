@@ -457,11 +457,15 @@ def next_rate(rates: list[float], best: float) -> float | None:
     return float(f"{best * rates[-1] / rates[-2]:.3g}")
 
 
-def parse_list(text: str, kind: type) -> list:
+def parse_list(text: str, kind: type, option: str = "the list") -> list:
+    """``"a,b"`` -> ``[kind(a), kind(b)]``; an item that is not a ``kind`` is a one-line error naming ``option``."""
     try:
         return [kind(item.strip()) for item in text.split(",") if item.strip()]
     except ValueError:
-        raise PoolftError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+        example = {int: "0,1,2", float: "1e-3,1e-2"}.get(kind, "a,b")
+        raise PoolftError(
+            f"{option} {text!r} is not a comma-separated list of {kind.__name__}s; write it like {example}"
+        ) from None
 
 
 def parse_rates(text: str | None, default: str = "") -> list[float]:
@@ -469,7 +473,7 @@ def parse_rates(text: str | None, default: str = "") -> list[float]:
     if text is None:
         return parse_list(default, float)
     items = [item.strip() for item in text.split(",")]
-    rates = parse_list(text, float) if all(items) else []
+    rates = parse_list(text, float, "--rates") if all(items) else []
     if not rates or any(not (math.isfinite(rate) and rate > 0) for rate in rates):
         raise PoolftError(
             f"--rates {text!r} must list one or more positive finite rates, e.g. 1e-3,1e-2 (or leave it out)"
@@ -481,7 +485,7 @@ def parse_rates(text: str | None, default: str = "") -> list[float]:
 
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; an empty list or a negative seed is a one-line error."""
-    seeds = parse_list(text, int)
+    seeds = parse_list(text, int, "--seeds")
     if not seeds or any(not 0 <= seed < 2**32 for seed in seeds):
         raise PoolftError(f"--seeds {text!r} must list one or more seeds in [0, 2**32), e.g. 0,1,2")
     if len(set(seeds)) < len(seeds):
@@ -513,7 +517,7 @@ def run_sweep(
 ) -> list[Path]:
     """The ``poolft sweep`` command; ``workers`` runs train at once (see ``RunPool``)."""
     base = load_config(config_path, overrides)
-    head_names = parse_list(heads, str)
+    head_names = parse_list(heads, str, "--poolers")
     unknown = [h for h in head_names if h not in known_heads()]
     if unknown:
         raise PoolftError(f"unknown head(s) {', '.join(unknown)}; choose from {', '.join(known_heads())}")

@@ -139,6 +139,8 @@ def test_compare_mistakes_are_one_line(tmp_path, tiny_bert_dir, capsys, quiet_li
         (["--rates", "1e-3,,3e-3"], "must list one or more positive finite rates"),
         (["--rates", "3e-3,3e-3"], "--rates '3e-3,3e-3' lists a rate twice"),
         (["--seeds", "0,0"], "--seeds '0,0' lists a seed twice"),
+        (["--seeds", "a"], "--seeds 'a' is not a comma-separated list of ints; write it like 0,1,2"),
+        (["--rates", "abc"], "--rates 'abc' is not a comma-separated list of floats"),
         (["--data.data_files", json.dumps(unseen)], "has label(s) 'maybe' never seen in training"),
         (["--data.data_files", json.dumps(rare), "--rates", "1e-2,1e-1"], "after holding out 0.1 of the training"),
     ):
