@@ -547,5 +547,15 @@ def run_sweep(
         grid_extensions=grid_extensions,
         any_cpu=any_cpu,
     )
+    folders = {"--results": Path(results_dir), "--runs": Path(runs_dir)}
+    for option, folder in folders.items():  # both checked before either is made
+        existing = next(path for path in (folder, *folder.parents) if path.exists() or path == path.parent)
+        if existing.exists() and not existing.is_dir():
+            raise PoolftError(f"{option} {folder}: {existing} is a file, not a folder; choose another path")
+    for option, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # e.g. no permission
+            raise PoolftError(f"{option} {folder} cannot be made ({error.strerror}); choose another path") from None
     with RunPool(workers, prepare=sweep.cache_builder()) as pool:  # RunPool checks workers
         return sweep.run(pool)

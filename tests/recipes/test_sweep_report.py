@@ -151,15 +151,19 @@ def test_sweep_task_is_a_plain_name_and_seeds_are_distinct(tmp_path, tiny_bert_d
     config = recipe(tmp_path, tiny_bert_dir, probe=True)
     results, runs = tmp_path / "results", tmp_path / "runs"
     common = ["sweep", "--config", config, "--poolers", "mean", "--results", str(results), "--runs", str(runs)]
+    (tmp_path / "a-file").write_text("mine\n")
     for extra, message in (
         (["--task", "../escape"], "--task '../escape' must be a plain name"),
         (["--task", ".."], "must be a plain name"),
         (["--seeds", "1,1"], "--seeds '1,1' lists a seed twice"),
+        (["--results", str(tmp_path / "a-file")], "--results"),
+        (["--runs", str(tmp_path / "a-file" / "runs")], "--runs"),
     ):
         assert main([*common, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
-    assert not results.exists() and not runs.exists() and not (tmp_path / "escape").exists()
+    assert not (tmp_path / "escape").exists() and (tmp_path / "a-file").read_text() == "mine\n"
+    assert not results.exists() and not runs.exists()
 
 
 def test_numeric_kind_reads_the_vendor_of_records_made_before_it_was_kept():
