@@ -478,6 +478,25 @@ def label_names_of(train: Dataset, label_column: str) -> list[str]:
     return [str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
 
 
+def with_number_aliases(index: dict[str, int]) -> dict[str, int]:
+    """``index`` plus the other spelling of each whole-number label: "1" also as "1.0" and the reverse.
+
+    A CSV column that once held an empty cell is read (and written by pandas) as floats, so the
+    labels a model learned as 0/1 come back as 0.0/1.0; both name the same class.
+    """
+    aliases = {}
+    for name, position in index.items():
+        try:
+            number = float(name)
+        except ValueError:
+            continue
+        if number.is_integer():
+            for alias in (str(int(number)), str(number)):
+                if alias not in index:
+                    aliases[alias] = position
+    return {**index, **aliases}
+
+
 def encode_labels(split: Dataset, label_column: str, label_names: list[str], split_name: str) -> Dataset:
     """Add an int ``labels`` column indexing ``label_names``; unknown labels are an error."""
     feature = split.features[label_column]
@@ -490,8 +509,11 @@ def encode_labels(split: Dataset, label_column: str, label_names: list[str], spl
         if label_column == "labels":
             return split
         return split.rename_column(label_column, "labels") if "labels" not in split.column_names else split
-    index = {name: i for i, name in enumerate(label_names)}
-    seen = {str(v) for v in distinct_labels(split, label_column, split_name)}
+    index = with_number_aliases({name: i for i, name in enumerate(label_names)})
+    values = distinct_labels(split, label_column, split_name)
+    if any(v is None for v in values):
+        raise PoolftError(f"split {split_name!r} has empty labels in column {label_column!r}; drop or fill those rows")
+    seen = {str(v) for v in values}
     unseen = sorted(seen - set(index))
     if unseen:
         raise PoolftError(

@@ -129,6 +129,23 @@ def test_integer_labels_are_sorted_as_numbers(tmp_path):
     assert splits.eval["labels"] == [2, 1]
 
 
+def test_whole_number_labels_match_across_int_and_float_columns():
+    """A model that learned labels 1/2/10 evaluates a file where pandas wrote them 1.0/2.0/10.0 (and
+    the reverse); an empty label in an evaluated split names that split."""
+    from datasets import Dataset
+
+    from poolft.data.sources import encode_labels
+
+    floats = Dataset.from_dict({"label": [10.0, 1.0, 2.0]})
+    assert encode_labels(floats, "label", ["1", "2", "10"], "validation")["labels"] == [2, 0, 1]
+    ints = Dataset.from_dict({"label": [10, 1]})
+    assert encode_labels(ints, "label", ["1.0", "10.0"], "validation")["labels"] == [1, 0]
+    with pytest.raises(PoolftError, match=r"split 'validation' has label\(s\) '2.5' never seen in training"):
+        encode_labels(Dataset.from_dict({"label": [1.0, 2.5]}), "label", ["1", "2"], "validation")
+    with pytest.raises(PoolftError, match=r"split 'validation' has empty labels in column 'label'"):
+        encode_labels(Dataset.from_dict({"label": [1.0, None]}), "label", ["1", "2"], "validation")
+
+
 def test_evaluation_label_unseen_in_training_is_an_error(tmp_path):
     files = {
         "train": write_table(tmp_path / "train.csv", TRAIN_ROWS),
