@@ -611,3 +611,18 @@ def test_one_pixel_images_train(tmp_path, tiny_vit_dir, capsys, quiet_libraries)
     capsys.readouterr()
     assert main(["predict", "--model", str(output), "--image", str(folder / "validation" / "dark" / "0.png")]) == 0
     assert capsys.readouterr().out.split("\t")[0] in {"dark", "light"}
+
+
+def test_a_run_that_fails_its_checks_leaves_no_empty_folders(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """Without train.output_dir a run names its folder runs/<head>-<time>; a mistake found while
+    loading the data or the model removes the folders the run made (and only those)."""
+    files = write_sentiment_csv(tmp_path / "data", train_size=8, eval_size=4)
+    monkeypatch.chdir(tmp_path)
+    arguments = ["train", f"--data.data_files={json.dumps(files)}", f"--model.backbone={tiny_bert_dir}"]
+    assert main([*arguments, "--model.pooler=avg"]) == EXIT_USER_ERROR
+    assert "unknown pooler 'avg'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "kept").mkdir()
+    deep = tmp_path / "kept" / "a" / "b"
+    assert main([*arguments, "--data.text_column=nope", f"--train.output_dir={deep}"]) == EXIT_USER_ERROR
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "kept"] and not any((tmp_path / "kept").iterdir())

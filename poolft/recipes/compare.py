@@ -129,7 +129,9 @@ def check_output(folder: Path) -> None:
 
 def check_writable(folder: Path) -> None:
     """Write and delete a probe file in ``folder``; folders made for the probe are removed again."""
-    made = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    from ..training.run_folder import missing_folders, remove_empty_folders
+
+    made = missing_folders(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".poolft-write-check-{os.getpid()}"
@@ -138,11 +140,7 @@ def check_writable(folder: Path) -> None:
     except OSError as error:
         raise PoolftError(f"--output {folder} cannot be written ({error.strerror}); choose another folder") from None
     finally:
-        for parent in made:  # deepest first; only the empty folders this check made
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(made)
 
 
 def check_data(base: RunConfig, holdout: float | None, backbone: str, backbone_config: Any) -> None:

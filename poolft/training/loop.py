@@ -73,7 +73,9 @@ from .optim import build_optimizer, build_scheduler, freeze_backbone
 from .run_folder import (
     CONFIG_FILE,
     clear_output_dir,
+    missing_folders,
     prepare_output_dir,
+    remove_empty_folders,
     save_model_atomically,
     write_atomically,
     write_json,
@@ -540,12 +542,18 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         check_cache_root(config.train.feature_cache_dir)  # before the run writes anything
     if config.train.output_dir is None:
         config.train.output_dir = shared_on_main(accelerator, lambda: default_output_dir(config))
+    made = missing_folders(Path(config.train.output_dir))  # a mistake found while loading leaves none of them
     if warmed_head is None:
         output_dir = Path(shared_on_main(accelerator, lambda: str(prepare_output_dir(config, clear=False))))
     else:
         output_dir = Path(config.train.output_dir)
     set_seed(config.train.seed)
-    inputs = load_run_inputs(config, accelerator, head_from=warmed_head)
+    try:
+        inputs = load_run_inputs(config, accelerator, head_from=warmed_head)
+    except PoolftError:
+        if accelerator.is_main_process:
+            remove_empty_folders(made)
+        raise
     if config.train.overwrite_output_dir:  # only now: a mistake found while loading loses no earlier run
         keep = (Path(warmed_head).name,) if warmed_head is not None else ()
         shared_on_main(accelerator, lambda: clear_output_dir(output_dir, keep=keep))

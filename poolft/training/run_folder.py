@@ -70,6 +70,20 @@ def with_chosen_columns(config: dict[str, Any], previous: dict[str, Any]) -> dic
     return {**config, "data": data}
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first (what creating it would make)."""
+    return [path for path in (folder, *folder.parents) if not path.exists() and not path.is_symlink()]
+
+
+def remove_empty_folders(made: list[Path]) -> None:
+    """Remove the folders of ``made`` (deepest first) that are still empty; stop at the first that is not."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def prepare_output_dir(config: RunConfig, *, clear: bool = True) -> Path:
     """Check that ``train.output_dir`` may receive this run; clear it when overwriting was asked.
 
