@@ -94,6 +94,7 @@ def build_workspace(root: Path, bert: Path, vit: Path) -> Workspace:
     (text / "table.xlsx").write_bytes(b"PK\x03\x04")
     rows = [{"text": "good", "label": 1}, {"text": "bad", "label": "one"}, {"text": "fine", "label": 0}]
     (text / "mixed_labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (text / "other_columns.csv").write_text("text,y\ngood,pos\nbad,neg\n", encoding="utf-8")
     (text / "validation.jsonl").write_text(json.dumps({"text": "good", "label": 1}) + "\n", encoding="utf-8")
     (root / "empty_folder").mkdir()
 
@@ -380,6 +381,15 @@ CASES = [
             {"train": ws.path("text", "mixed_labels.jsonl"), "validation": ws.path("text", "validation.jsonl")},
         ),
         ("label column 'label' of the training split mixes value types", "write every label the same way"),
+    ),
+    Case(
+        "splits whose files have different columns",
+        lambda ws: text_args(
+            ws,
+            ws.out("columns"),
+            {"train": ws.path("text", "train.csv"), "validation": ws.path("text", "other_columns.csv")},
+        ),
+        ("the data files' columns differ", "give every split's file the same columns"),
     ),
     Case(
         "backbone folder without tokenizer files",

@@ -17,6 +17,7 @@ from typing import Any
 import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
+from datasets.table import CastError
 
 from ..config import DataConfig
 from ..errors import PoolftError
@@ -203,6 +204,12 @@ def _load_files(files: dict[str, str]) -> DatasetDict:
         if _caused_by(error, UnicodeDecodeError):
             raise PoolftError(_not_utf8_message(files)) from None
         cause = _root_cause(error)
+        cast = next((e for e in _error_chain(error) if isinstance(e, CastError)), None)
+        if cast is not None and set(cast.table_column_names) != set(cast.requested_column_names):
+            raise PoolftError(
+                f"the data files' columns differ: one split has {sorted(cast.table_column_names)}, another "
+                f"{sorted(cast.requested_column_names)}; give every split's file the same columns"
+            ) from None
         raise PoolftError(
             f"could not read data files {files} ({type(cause).__name__}: {_first_line(cause)}); "
             f"check that each file is a valid {builder} table with a header row"
@@ -270,23 +277,22 @@ def _utf8_problem(path: Path) -> str | None:
     return None
 
 
-def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, kind):
-            return True
-        seen.add(id(error))
+def _error_chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and the errors it was raised from (``__cause__``, else ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
         error = error.__cause__ or error.__context__
-    return False
+    return chain
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    return any(isinstance(link, kind) for link in _error_chain(error))
 
 
 def _root_cause(error: BaseException) -> BaseException:
     """The innermost error of a chain (the reader's own message, not the wrapper's)."""
-    seen = {id(error)}
-    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
-        seen.add(id(inner))
-        error = inner
-    return error
+    return _error_chain(error)[-1]
 
 
 def _load_local(folder: Path) -> tuple[DatasetDict, dict[str, Any]]:
