@@ -13,7 +13,7 @@ from ..config import DataConfig, load_config
 from ..data.inputs import encode_split, example_lengths, make_collator
 from ..data.labels import MULTI_LABEL
 from ..data.sampling import FixedBatches, length_sorted_batches
-from ..data.sources import load_splits
+from ..data.sources import load_splits, with_number_aliases
 from ..errors import PoolftError
 from ..models.prediction import text_max_length
 from ..models.saved_models import load_saved_classifier
@@ -51,12 +51,13 @@ def evaluate_saved_model(
             f"model {model_dir} is a {task} model but split {data.eval_split!r} is {splits.task} data; "
             f"evaluate it on {task} data (--data.path)"
         )
-    model_labels = {name: int(i) for i, name in model.config.id2label.items()}
+    names = {name: int(i) for i, name in model.config.id2label.items()}
+    model_labels = with_number_aliases(names)  # 0/1 learned, 0.0/1.0 in a file pandas wrote: the same labels
     missing = [name for name in splits.label_names if name not in model_labels]
     if missing:
         raise PoolftError(
             f"labels {missing[:5]} of split {data.eval_split!r} are not among the model's labels "
-            f"{list(model_labels)}; evaluate on data with the model's label set"
+            f"{list(names)}; evaluate on data with the model's label set"
         )
     check_label_kind(model_dir, model.config, splits.multi_label, data.eval_split)
     remap = [model_labels[name] for name in splits.label_names]

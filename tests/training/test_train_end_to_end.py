@@ -195,3 +195,28 @@ def test_stock_image_head_trains_at_another_image_size(tmp_path, tiny_vit_dir):
     assert main(arguments) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["final"]["samples"] == 4 and metrics["global_step"] == 2
+
+
+def test_eval_reads_whole_number_labels_written_as_floats(tmp_path, tiny_bert_dir, capsys):
+    """A model that learned labels 0/1 evaluates a file where pandas wrote them 0.0/1.0 (a column
+    that once held an empty cell) exactly as the file that says 0/1."""
+    from transformers import AutoTokenizer
+
+    model_dir = tmp_path / "model"
+    poolft.PoolftForSequenceClassification.from_backbone(str(tiny_bert_dir), id2label={0: "0", 1: "1"}).save_pretrained(
+        model_dir
+    )
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(model_dir)
+    rows = [("a good film", 1), ("a bad film", 0), ("good", 1), ("bad", 0), ("fine", 1)]
+    results = {}
+    for name, spell in (("ints", str), ("floats", lambda label: f"{float(label)}")):
+        path = tmp_path / f"{name}.csv"
+        path.write_text("text,label\n" + "".join(f"{text},{spell(label)}\n" for text, label in rows))
+        capsys.readouterr()
+        assert (
+            main(["eval", "--model", str(model_dir), f"--data.data_files={json.dumps({'validation': str(path)})}"]) == 0
+        )
+        results[name] = json.loads(capsys.readouterr().out)
+    assert "1.0" in (tmp_path / "floats.csv").read_text()
+    for key in ("accuracy", "macro_f1", "loss", "samples"):
+        assert results["floats"][key] == results["ints"][key], key
