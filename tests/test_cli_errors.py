@@ -94,6 +94,8 @@ def build_workspace(root: Path, bert: Path, vit: Path) -> Workspace:
     (text / "table.xlsx").write_bytes(b"PK\x03\x04")
     rows = [{"text": "good", "label": 1}, {"text": "bad", "label": "one"}, {"text": "fine", "label": 0}]
     (text / "mixed_labels.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (text / "no_label.csv").write_text("text\ngood\nbad\n", encoding="utf-8")
+    (text / "empty_label.csv").write_text("text,label\ngood,pos\nbad,\n", encoding="utf-8")
     (text / "other_columns.csv").write_text("text,y\ngood,pos\nbad,neg\n", encoding="utf-8")
     (text / "validation.jsonl").write_text(json.dumps({"text": "good", "label": 1}) + "\n", encoding="utf-8")
     (root / "empty_folder").mkdir()
@@ -163,6 +165,12 @@ def build_workspace(root: Path, bert: Path, vit: Path) -> Workspace:
         f'model:\n  pooler: !!python/object/apply:os.system ["touch {root / "pwned"}"]\n', encoding="utf-8"
     )
     return ws
+
+
+def eval_file(ws: Workspace, name: str) -> list[str]:
+    """``poolft eval`` of the saved text model on one CSV file of ``text/`` as the validation split."""
+    files = json.dumps({"validation": ws.path("text", name)})
+    return ["eval", "--model", ws.path("text_model"), f"--data.data_files={files}", "--data.text_column=text"]
 
 
 def same_run_args(ws: Workspace) -> list[str]:
@@ -380,7 +388,7 @@ CASES = [
             ws.out("mixed"),
             {"train": ws.path("text", "mixed_labels.jsonl"), "validation": ws.path("text", "validation.jsonl")},
         ),
-        ("label column 'label' of the training split mixes value types", "write every label the same way"),
+        ("label column 'label' of split 'train' mixes value types", "write every label the same way"),
     ),
     Case(
         "splits whose files have different columns",
@@ -494,6 +502,16 @@ CASES = [
         "eval of a text model on images",
         lambda ws: ["eval", "--model", ws.path("text_model"), "--data.path", ws.path("images")],
         ("is a text model but split 'validation' is image data", "evaluate it on text data"),
+    ),
+    Case(
+        "eval on a file without the label column",
+        lambda ws: eval_file(ws, "no_label.csv"),
+        ("column 'label' not in split 'validation'", "set data.label_column"),
+    ),
+    Case(
+        "eval on a file with an empty label",
+        lambda ws: eval_file(ws, "empty_label.csv"),
+        ("split 'validation' has empty labels in column 'label'", "drop or fill those rows"),
     ),
     Case(
         "eval batch_size zero",

@@ -92,12 +92,13 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
                 f"split {split!r} not found (have: {', '.join(raw)}); set data.train_split / data.eval_split"
             )
     train = raw[config.train_split] if need_train else raw[config.eval_split]
+    train_name = config.train_split if need_train else config.eval_split  # the split the labels are read from
     evaluation = raw[config.eval_split]
     task = infer_task(config, train)
     if task == "text":
-        config = with_text_columns(config, train, config.train_split if need_train else config.eval_split)
+        config = with_text_columns(config, train, train_name)
     check_image_folder_labels(config, description, train)
-    for split_name, split in ((config.train_split, train), (config.eval_split, evaluation)):
+    for split_name, split in ((train_name, train), (config.eval_split, evaluation)):
         check_columns(config, task, split, split_name)
         if len(split) == 0:
             raise PoolftError(f"split {split_name!r} has no examples; point data.path at a non-empty dataset")
@@ -108,8 +109,8 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
         label_names = multi_label_names(config, train)
         train = encode_multi_hot(train, config, label_names, config.train_split)
     else:
-        label_names = label_names_of(train, config.label_column)
-        train = encode_labels(train, config.label_column, label_names, config.train_split)
+        label_names = label_names_of(train, config.label_column, train_name)
+        train = encode_labels(train, config.label_column, label_names, train_name)
     holdout = None
     if config.holdout_fraction is not None and need_train:
         # rate search: hold out a seeded share of the run's training examples and evaluate on it
@@ -468,19 +469,19 @@ def distinct_labels(split: Dataset, label_column: str, split_name: str) -> list[
         return split.unique(label_column)
     except (pa.ArrowException, TypeError, ValueError):
         raise PoolftError(
-            f'label column {label_column!r} of the {split_name} split mixes value types (e.g. 1 and "one"); '
+            f'label column {label_column!r} of split {split_name!r} mixes value types (e.g. 1 and "one"); '
             "write every label the same way (all numbers or all text)"
         ) from None
 
 
-def label_names_of(train: Dataset, label_column: str) -> list[str]:
-    """Names from a ``ClassLabel`` feature, else the sorted distinct training labels."""
+def label_names_of(train: Dataset, label_column: str, split_name: str = "train") -> list[str]:
+    """Names from a ``ClassLabel`` feature, else the sorted distinct labels of ``train`` (split ``split_name``)."""
     feature = train.features[label_column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
-    values = distinct_labels(train, label_column, "training")
+    values = distinct_labels(train, label_column, split_name)
     if any(v is None for v in values):
-        raise PoolftError(f"the training split has empty labels in column {label_column!r}; drop or fill those rows")
+        raise PoolftError(f"split {split_name!r} has empty labels in column {label_column!r}; drop or fill those rows")
     return [str(v) for v in sorted(values, key=lambda v: (isinstance(v, str), v))]
 
 
