@@ -375,12 +375,13 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def random_bert(folder: Path, shape: dict[str, int], words: Sequence[str], seed: int = 0) -> Path:
     """Save a BERT of ``shape`` with random weights and a WordPiece tokenizer over ``words`` in ``folder``."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel, BertTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = list(dict.fromkeys([*SPECIAL_TOKENS, *words]))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    # transformers 5 takes the file as vocab=; vocab_file= is ignored (a tokenizer of special tokens alone)
+    tokenizer = BertTokenizer(vocab=str(folder / "vocab.txt"), do_lower_case=True)
     config = BertConfig(vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=0, **shape)
     torch.manual_seed(seed)
     BertModel(config, add_pooling_layer=False).save_pretrained(folder)

@@ -220,9 +220,12 @@ def test_lpft_with_lora_merged_at_the_end(tmp_path, tiny_bert_dir):
     assert (output / "merged" / "config.json").is_file() and (output / "head_warmup" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("value", ["-1", ".nan"])
-def test_head_warmup_epochs_must_be_zero_or_positive(value):
+@pytest.mark.parametrize(
+    "value, message",
+    [("-1", "head_warmup_epochs must be 0"), (".nan", "head_warmup_epochs must be a number, got nan")],
+)
+def test_head_warmup_epochs_must_be_zero_or_positive(value, message):
     from poolft.errors import PoolftError
 
-    with pytest.raises(PoolftError, match="head_warmup_epochs must be 0"):
+    with pytest.raises(PoolftError, match=message):
         load_config(None, [f"--train.head_warmup_epochs={value}"])
