@@ -413,7 +413,19 @@ def run_poolers(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def check_launched_once(command: str) -> None:
+    """A one-line error where a grid command was started as several processes (torchrun,
+    ``accelerate launch``): each would run the whole grid into the same folders."""
+    processes = os.environ.get("WORLD_SIZE", "1")
+    if processes.isdigit() and int(processes) > 1:
+        raise PoolftError(
+            f"poolft {command} was started as {processes} processes (torchrun or accelerate launch); it runs "
+            f"its grid itself (--workers): start it once, as `poolft {command} ...`"
+        )
+
+
 def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    check_launched_once("sweep")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .recipes.sweep import run_sweep as sweep
     from .recipes.workers import check_workers
@@ -439,6 +451,7 @@ def run_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def run_compare(args: argparse.Namespace, overrides: list[str]) -> int:
+    check_launched_once("compare")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .recipes.compare import run_compare as compare
     from .recipes.workers import check_workers

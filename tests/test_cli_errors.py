@@ -456,6 +456,31 @@ CASES = [
         ("data.data_files has the split 'train:", "write a space after each colon"),
     ),
     Case(
+        "feature cache folder the file system refuses although root may write there",
+        lambda ws: text_args(
+            ws,
+            ws.out("proc-cache"),
+            None,
+            "--train.freeze_backbone=true",
+            "--train.feature_cache=true",
+            "--train.feature_cache_dir=/proc/poolft-cache",
+        ),
+        ("train.feature_cache_dir /proc/poolft-cache cannot hold the feature cache", "set it to a writable folder"),
+    ),
+    Case(
+        "overwriting a run, with a feature cache folder the file system refuses: the run is kept",
+        lambda ws: text_args(
+            ws,
+            ws.path("previous_run"),
+            None,
+            "--train.overwrite_output_dir=true",
+            "--train.freeze_backbone=true",
+            "--train.feature_cache=true",
+            "--train.feature_cache_dir=/proc/poolft-cache",
+        ),
+        ("train.feature_cache_dir /proc/poolft-cache cannot hold the feature cache", "set it to a writable folder"),
+    ),
+    Case(
         "feature cache folder that is a file",
         lambda ws: text_args(
             ws,

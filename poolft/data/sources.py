@@ -86,6 +86,9 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
     """Load, check and label the configured splits; every user mistake is a ``PoolftError``."""
     raw, description = _load_raw(config, need_train)
     splits = [config.train_split, config.eval_split] if need_train else [config.eval_split]
+    held_out = config.holdout_fraction is not None and need_train
+    if held_out:  # evaluated on a share of the training split: an evaluation split may be absent
+        splits = [config.train_split]
     for split in splits:
         if split not in raw:
             raise PoolftError(
@@ -93,7 +96,7 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
             )
     train = raw[config.train_split] if need_train else raw[config.eval_split]
     train_name = config.train_split if need_train else config.eval_split  # the split the labels are read from
-    evaluation = raw[config.eval_split]
+    evaluation = raw[config.eval_split] if config.eval_split in raw or not held_out else train  # replaced below
     task = infer_task(config, train)
     if task == "text":
         config = with_text_columns(config, train, train_name)
@@ -112,7 +115,7 @@ def load_splits(config: DataConfig, *, need_train: bool = True) -> LabeledSplits
         label_names = label_names_of(train, config.label_column, train_name)
         train = encode_labels(train, config.label_column, label_names, train_name)
     holdout = None
-    if config.holdout_fraction is not None and need_train:
+    if held_out:
         # rate search: hold out a seeded share of the run's training examples and evaluate on it
         holdout = hold_out(train, config.holdout_fraction)
         if config.max_eval_samples is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -128,19 +127,12 @@ def check_output(folder: Path) -> None:
 
 
 def check_writable(folder: Path) -> None:
-    """Write and delete a probe file in ``folder``; folders made for the probe are removed again."""
-    from ..training.run_folder import missing_folders, remove_empty_folders
+    """A one-line error when no file can be written in ``folder`` (folders made to check are removed)."""
+    from ..training.run_folder import write_problem
 
-    made = missing_folders(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".poolft-write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise PoolftError(f"--output {folder} cannot be written ({error.strerror}); choose another folder") from None
-    finally:
-        remove_empty_folders(made)
+    problem = write_problem(folder)
+    if problem:
+        raise PoolftError(f"--output {folder} cannot be written ({problem}); choose another folder")
 
 
 def check_data(base: RunConfig, holdout: float | None, backbone: str, backbone_config: Any) -> None:

@@ -2,11 +2,18 @@
 
 A probe head trains on one thread (its ops are small; two threads stall at OpenMP barriers), so
 on a machine with N cores a sweep of probe heads leaves N - 1 of them idle. ``RunPool`` runs the
-runs that are not done yet on ``workers`` processes (``concurrent.futures`` with the ``spawn``
-start method: a fork would copy the parent's OpenMP and Accelerate state), each with
+runs that are not done yet on ``workers`` processes (``concurrent.futures``), each with
 ``cores // workers`` threads by default. A run's numbers do not depend on where it runs: every run
 seeds itself and the probe runs pin their thread count, so the records are the ones one process
 writes (``tests/recipes/test_compare.py`` checks this).
+
+The workers are forked from a fork server (``multiprocessing``'s ``forkserver`` start method, on
+Linux) that has imported torch, transformers, datasets, accelerate and poolft once, and has run no
+torch op: a plain fork of this process would copy its OpenMP and Accelerate state, and ``spawn``
+(macOS, Windows) makes every worker import them again (5 s each on an idle 2-core CPU, twice
+that while the backbone pass runs). The server starts with the pool, so its imports overlap the
+backbone pass, and one server serves every pool of a process while its environment and
+``sys.path`` stay the same.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -73,13 +81,64 @@ def workers_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _start_worker(threads: int) -> None:
-    import sys
+#: what a worker imports before its first run, once in the fork server
+PRELOAD = ("torch", "transformers", "datasets", "accelerate", "poolft.training.loop", "poolft.recipes.compare")
+#: the (environment, sys.path) the running fork server was started with
+_fork_server_start: tuple[dict[str, str], list[str]] | None = None
 
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The start method of the workers: a fork server that has imported ``PRELOAD`` (Linux), started
+    now so that its imports run while this process works; ``spawn`` elsewhere.
+
+    The server is started again when this process's environment or ``sys.path`` changed since it
+    started (modules read settings such as ``HF_HUB_OFFLINE`` when they are imported), and when it
+    is gone (killed). It imports from this process's ``sys.path`` (passed as ``PYTHONPATH``; each
+    worker gets this process's environment back as it starts).
+    """
+    global _fork_server_start
+    if sys.platform != "linux":
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    start = (dict(os.environ), list(sys.path))
+    if _fork_server_start is not None and _fork_server_start != start:
+        forkserver._forkserver._stop()  # the only way to restart it; used by CPython's own tests
+    context.set_forkserver_preload(list(PRELOAD))
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
+    try:
+        with workers_ignore_ctrl_c():  # the workers it forks keep SIGINT blocked, as it does
+            forkserver.ensure_running()  # returns at once while the server lives
+    finally:
+        if previous is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = previous
+    _fork_server_start = start
+    return context
+
+
+def _start_worker(threads: int, environ: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(environ)  # the server's PYTHONPATH was only for its imports
     import torch
 
     torch.set_num_threads(threads)
     sys.stdout = sys.stderr  # a run's progress lines: stdout is the command's result (compare's table)
+
+
+def _run_in_worker(poolft_file: str, function: Callable[[Any], Any], job: Any) -> Any:
+    """``function(job)``, after checking that this worker runs the parent's poolft."""
+    import poolft
+
+    if os.path.realpath(poolft.__file__) != poolft_file:
+        raise PoolftError(
+            f"the worker processes import poolft from {poolft.__file__}, this process from {poolft_file} (a "
+            "poolft package in the working directory?); start poolft from another folder or use --workers 1"
+        )
+    return function(job)
 
 
 def check_not_a_worker_import() -> None:
@@ -106,9 +165,10 @@ class RunPool:
     Jobs run inline, one by one and timed, until the runs left would take longer on one process
     than on the workers plus ``startup_seconds`` to start them: a grid of runs of a second each is
     not worth a worker's import of torch. From then on the jobs go to the workers; while they start,
-    this process keeps running jobs from the end of the queue. ``prepare``
-    (optional) runs once in this process before the workers start: the probe track computes the
-    backbone's cached states there, on every core, so that the workers only read them. The workers
+    this process keeps running jobs from the end of the queue. ``prepare`` (optional) runs once in
+    this process before the first job, where there are workers: the probe track computes the
+    backbone's cached states of every split there, on every core, while the fork server imports,
+    so that the runs only read them (without workers, the first run computes what it reads). The workers
     stop on ``close`` (or at the end of a ``with`` block). Each gets ``max(1, usable_cores() //
     workers)`` threads; a run's own ``train.torch_threads`` still overrides that.
 
@@ -128,6 +188,7 @@ class RunPool:
         self.prepare = prepare
         self.startup_seconds = WORKER_STARTUP_SECONDS if startup_seconds is None else startup_seconds
         self.executor: ProcessPoolExecutor | None = None
+        self.context = worker_context() if self.workers > 1 else None
 
     def __enter__(self) -> RunPool:
         return self
@@ -154,6 +215,9 @@ class RunPool:
         """``[function(job) for job in jobs]``, in that order, inline or on the workers (see the class)."""
         results: list[Any] = [None] * len(jobs)
         queue = list(range(len(jobs)))
+        if jobs and self.workers > 1 and self.prepare is not None:
+            self.prepare()
+            self.prepare = None
         if self.executor is None:
             timed, seconds = 0, 0.0
             while queue and not (timed and self.worth_workers(len(queue), seconds / timed)):
@@ -164,8 +228,15 @@ class RunPool:
         if queue:
             starting = self.executor is None
             executor = self._executor()
-            with workers_ignore_ctrl_c():  # the workers start on the first submits
-                futures = {index: executor.submit(function, jobs[index]) for index in queue}
+            here = os.path.realpath(sys.modules["poolft"].__file__)
+            try:
+                with workers_ignore_ctrl_c():  # the workers start on the first submits
+                    futures = {index: executor.submit(_run_in_worker, here, function, jobs[index]) for index in queue}
+            except (EOFError, OSError) as error:  # the fork server died (killed) before it forked them
+                raise PoolftError(
+                    f"the worker processes could not be started ({type(error).__name__}: their fork server "
+                    "stopped); run again (finished runs are kept), or use --workers 1"
+                ) from None
             try:
                 taken = self._work_while_workers_start(function, jobs, futures, results) if starting else set()
                 for index, future in futures.items():
@@ -207,14 +278,12 @@ class RunPool:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self.executor is None:
-            if self.prepare is not None:
-                self.prepare()
-                self.prepare = None
+            self.context = worker_context()  # (again: the server may have been killed meanwhile)
             self.executor = ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=self.context,
                 initializer=_start_worker,
-                initargs=(max(1, usable_cores() // self.workers),),
+                initargs=(max(1, usable_cores() // self.workers), dict(os.environ)),
             )
         return self.executor
 

@@ -182,7 +182,18 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator: Any, folder: Path, *, ema: Any = None) -> TrainerState:
-    """Restore weights, optimiser, scheduler, RNG states (and ``ema``'s average); return the trainer state."""
+    """Restore weights, optimiser, scheduler, RNG states (and ``ema``'s average); return the trainer state.
+
+    Raises:
+        PoolftError: the checkpoint was saved by another number of processes (its batches and RNG
+            streams are per process: every process finds the same files and stops with this line).
+    """
+    saved_by = len(list(folder.glob("rng_state_*.json")))
+    if saved_by and saved_by != accelerator.num_processes:
+        raise PoolftError(
+            f"checkpoint {folder} was saved by {saved_by} process(es) and this run has "
+            f"{accelerator.num_processes}; resume it with {saved_by} (the batches and random streams are per process)"
+        )
     try:
         accelerator.load_state(str(folder))
     except pickle.UnpicklingError as error:  # accelerate loads optimiser files with weights_only=True
@@ -204,5 +215,6 @@ def load_checkpoint(accelerator: Any, folder: Path, *, ema: Any = None) -> Train
                 f"checkpoint {folder} has no weight average (it was saved without train.ema_decay); "
                 "resume it without train.ema_decay, or start a new run"
             )
-        load_ema_tensors(ema, load_file(folder / EMA_FILE, device=str(accelerator.device)), str(folder / EMA_FILE))
+        # read on the CPU (a MULTI_CPU device "cpu:0" is no device name to safetensors); copy_ moves it
+        load_ema_tensors(ema, load_file(folder / EMA_FILE), str(folder / EMA_FILE))
     return state

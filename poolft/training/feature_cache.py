@@ -136,6 +136,8 @@ def check_cache_root(root: str | None) -> None:
     Raises:
         PoolftError: ``root`` (or its nearest existing parent) is a file or is not writable.
     """
+    from .run_folder import write_problem
+
     path = Path(root or DEFAULT_CACHE_DIR).absolute()
     existing = next(folder for folder in (path, *path.parents) if folder.exists())
     if not existing.is_dir():
@@ -143,7 +145,9 @@ def check_cache_root(root: str | None) -> None:
     elif not os.access(existing, os.W_OK | os.X_OK):
         problem = f"{existing} is not writable"
     else:
-        return
+        problem = write_problem(path)  # the file system may refuse where permissions allow (/proc)
+        if problem is None:
+            return
     raise PoolftError(
         f"train.feature_cache_dir {path} cannot hold the feature cache ({problem}); set it to a writable folder"
     )

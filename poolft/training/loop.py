@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState, GradientState, PartialState
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -176,6 +176,36 @@ def shared_on_main(accelerator: Accelerator, function: Any) -> Any:
     return payload[0]
 
 
+def on_main_first(accelerator: Accelerator, function: Any) -> Any:
+    """``function()`` on the main process, then on the others (which reuse what it cached), like
+    Accelerate's ``main_process_first``; a PoolftError on any process is raised on every one.
+
+    With ``main_process_first`` a mistake found on the main process (a missing data file, say) left
+    the others waiting at its barrier until the main process exited, and they died with a gloo
+    traceback; here each process learns the outcome and stops with the same one line.
+    """
+    if accelerator.num_processes == 1:
+        return function()
+
+    def outcome() -> tuple[Any, str | None]:
+        try:
+            return function(), None
+        except PoolftError as error:
+            return None, str(error)
+
+    result, error = outcome() if accelerator.is_main_process else (None, None)
+    payload = [error]
+    broadcast_object_list(payload)  # the main process's outcome, before the others start
+    if payload[0] is not None:
+        raise PoolftError(payload[0])
+    if not accelerator.is_main_process:
+        result, error = outcome()
+    problem = next((problem for problem in gather_object([error]) if problem is not None), None)
+    if problem is not None:
+        raise PoolftError(problem)
+    return result
+
+
 @dataclass
 class PreparedData:
     """A run's data stage: the loaded splits, the backbone's preprocessor and the encoded splits."""
@@ -228,8 +258,7 @@ def load_run_inputs(config: RunConfig, accelerator: Accelerator, head_from: str 
     backbones.check_pooler(config.model)
     backbone = backbones.resolve_backbone(config.model.backbone)
     backbone_config = backbones.load_backbone_config(backbone, config.model)
-    with accelerator.main_process_first():
-        data = prepare_data(config, backbone, backbone_config)
+    data = on_main_first(accelerator, lambda: prepare_data(config, backbone, backbone_config))
     splits, preprocessor, holdout = data.splits, data.preprocessor, data.holdout
     train_set, eval_set = data.train_set, data.eval_set
     problem_type = MULTI_LABEL if splits.multi_label else None
@@ -319,8 +348,9 @@ def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Acceler
     # rate search: one cache for the whole training split (the full-split runs reuse it), viewed by rows
     splits = (inputs.holdout.source,) if inputs.holdout is not None else (inputs.train_set, inputs.eval_set)
     lengths = tuple(example_lengths(split, inputs.task) for split in splits)
-    with accelerator.main_process_first():
-        caches = cached_loader_inputs(
+    caches = on_main_first(
+        accelerator,
+        lambda: cached_loader_inputs(
             inputs.model,
             splits,
             collator,
@@ -330,7 +360,8 @@ def use_feature_cache(config: RunConfig, inputs: RunInputs, accelerator: Acceler
             config.train.feature_cache_dtype,
             inputs.preprocessor,
             autocast_dtype,
-        )
+        ),
+    )
     if inputs.holdout is not None:
         train_states = caches[0].rows(inputs.holdout.train_rows)
         eval_states = caches[0].rows(inputs.holdout.eval_rows)
@@ -498,11 +529,20 @@ def default_output_dir(config: RunConfig) -> str:
 
 
 class StepLog:
-    """Appends one JSON line per optimiser step (main process) and feeds the trackers."""
+    """Appends one JSON line per optimiser step (main process) and feeds the trackers.
 
-    def __init__(self, path: Path, accelerator: Accelerator) -> None:
+    A run that starts at ``start_step`` (a resume; 0 for a start from the beginning) first drops the
+    lines an interrupted run wrote after that step, and a half-written last line: the steps after
+    the checkpoint run again, and each step keeps one record.
+    """
+
+    def __init__(self, path: Path, accelerator: Accelerator, start_step: int = 0) -> None:
         self.accelerator = accelerator
-        self.stream = open(path, "a", encoding="utf-8") if accelerator.is_main_process else None  # noqa: SIM115
+        self.stream = None
+        if accelerator.is_main_process:
+            if path.is_file():
+                write_atomically(path, "".join(f"{line}\n" for line in log_lines_up_to(path, start_step)))
+            self.stream = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
         if self.stream is not None:
@@ -515,6 +555,19 @@ class StepLog:
     def close(self) -> None:
         if self.stream is not None:
             self.stream.close()
+
+
+def log_lines_up_to(path: Path, step: int) -> list[str]:
+    """The complete JSON lines of the log at ``path`` whose ``step`` is at most ``step``."""
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the last line of a run killed while writing it
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    return kept
 
 
 def train(config: RunConfig) -> dict[str, Any]:
@@ -593,7 +646,7 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         state = resume(accelerator, output_dir, config.train.resume_from_checkpoint, ema) or state
         accelerator.step = state.accumulate_calls
 
-    log = StepLog(output_dir / LOG_FILE, accelerator)
+    log = StepLog(output_dir / LOG_FILE, accelerator, start_step=state.global_step)
     progress = tqdm(
         total=total_steps,
         initial=state.global_step,

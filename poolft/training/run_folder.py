@@ -24,6 +24,7 @@ NEUTRAL_KEYS = {
     ("train", "distributed_timeout_seconds"),  # how long to wait for a peer: the same run either way
     ("train", "save_model"),  # whether the final model is written: the same training either way
     ("train", "feature_cache_dir"),  # where the cached states live: the same states either way
+    ("train", "output_dir"),  # the folder itself, however it is written (relative, moved, trailing /)
 }
 
 
@@ -82,6 +83,26 @@ def remove_empty_folders(made: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             break
+
+
+def write_problem(folder: Path) -> str | None:
+    """Why no file can be written in ``folder`` (the system's reason), or None when one can.
+
+    Makes the missing folders, writes and deletes a probe file, then removes the folders it made:
+    a permission check alone passes for root where the file system refuses (``/proc``, read-only
+    mounts).
+    """
+    made = missing_folders(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".poolft-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        return error.strerror or str(error)
+    finally:
+        remove_empty_folders(made)
+    return None
 
 
 def prepare_output_dir(config: RunConfig, *, clear: bool = True) -> Path:

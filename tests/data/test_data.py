@@ -521,3 +521,18 @@ def test_a_hold_out_that_takes_a_rare_class_names_the_hold_out(tmp_path):
     ):
         load_splits(DataConfig(data_files=files, text_column="text", holdout_fraction=0.25))
     assert load_splits(DataConfig(data_files=files, text_column="text")).label_names == ["a", "b", "c"]
+
+
+def test_a_hold_out_needs_no_evaluation_split(tmp_path):
+    """data.holdout_fraction evaluates on a share of the training split: a data set with a training
+    split alone is enough, and the evaluated rows are the held-out ones (datasets' own split)."""
+    labels = ["a" if i % 3 else "b" for i in range(30)]
+    rows = pd.DataFrame({"text": [f"text {i}" for i in range(30)], "label": labels})
+    rows.to_csv(tmp_path / "train.csv", index=False)
+    config = DataConfig(data_files={"train": str(tmp_path / "train.csv")}, text_column="text", holdout_fraction=0.2)
+    splits = load_splits(config)
+    reference = Dataset.from_dict({"row": list(range(30))}).train_test_split(test_size=0.2, seed=0, shuffle=True)
+    assert splits.eval["text"] == [f"text {i}" for i in reference["test"]["row"]]
+    assert splits.train["text"] == [f"text {i}" for i in reference["train"]["row"]]
+    with pytest.raises(PoolftError, match=r"split 'validation' not found \(have: train\)"):
+        load_splits(DataConfig(data_files={"train": str(tmp_path / "train.csv")}, text_column="text"))

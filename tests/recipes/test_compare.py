@@ -259,7 +259,10 @@ def test_ctrl_c_stops_the_workers_at_once():
     started = time.perf_counter()
     try:
         with pool:
-            pool._executor()  # workers already up: every job goes to them
+            # both workers up (forked once the fork server has imported): every job goes to them
+            for started_worker in [pool._executor().submit(time.sleep, 0.5) for _ in range(2)]:
+                started_worker.result()
+            started = time.perf_counter()
             timer.start()
             pool.map(time.sleep, [60, 60, 60])
         raise AssertionError("the interrupt did not reach map")
@@ -368,3 +371,13 @@ def test_a_ctrl_c_while_workers_start_is_not_lost_and_never_reaches_them():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_grid_command_started_as_several_processes_is_one_line(monkeypatch, capsys):
+    """Under torchrun every process would run the whole grid into the same folders."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for command in (["compare"], ["sweep", "--config", "recipes/sst2/probe.yaml"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"poolft {command[0]} was started as 2 processes (torchrun or accelerate launch)" in err
+        assert f"start it once, as `poolft {command[0]} ...`" in err

@@ -130,3 +130,27 @@ def test_another_feature_cache_folder_is_the_same_run(tmp_path):
     (tmp_path / CONFIG_FILE).write_text(config_to_yaml(recorded), encoding="utf-8")
     assert not holds_other_run(load_config(None, [*probe, "--train.feature_cache_dir=/second/cache"]), tmp_path)
     assert holds_other_run(load_config(None, [*probe, "--train.learning_rate=0.5"]), tmp_path)
+
+
+def test_the_run_folder_written_another_way_is_the_same_run(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """Resuming names the folder however the user writes it (relative, absolute, a trailing slash,
+    after a move): the folder's config is the run's, its own path is no setting of the run."""
+    files = write_sentiment_csv(tmp_path / "data", train_size=8, eval_size=4)
+    monkeypatch.chdir(tmp_path)
+    arguments = [
+        "train",
+        f"--data.data_files={json.dumps(files)}",
+        "--data.text_column=text",
+        f"--model.backbone={tiny_bert_dir}",
+        "--train.batch_size=4",
+        "--train.max_steps=2",
+        "--train.progress=false",
+    ]
+    assert main([*arguments, "--train.output_dir=runs/rel"]) == 0
+    (tmp_path / "runs" / "rel").rename(tmp_path / "moved")
+    for spelling in (f"{tmp_path / 'moved'}", "moved/", "./moved"):
+        assert main([*arguments, f"--train.output_dir={spelling}", "--train.resume_from_checkpoint=latest"]) == 0
+        assert "holds a different run" not in capsys.readouterr().err
+    longer = [*arguments, "--train.output_dir=moved", "--train.max_steps=3", "--train.resume_from_checkpoint=latest"]
+    assert main(longer) != 0
+    assert "holds a different run" in capsys.readouterr().err  # a setting that changes results still counts

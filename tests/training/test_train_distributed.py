@@ -141,3 +141,87 @@ def test_a_distributed_timeout_that_is_not_positive_is_refused_in_one_line():
     config.train.distributed_timeout_seconds = 0
     with pytest.raises(PoolftError, match=r"train.distributed_timeout_seconds=0 must be positive"):
         build_accelerator(config)
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+
+
+def quiet_env(**extra):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def test_an_ema_run_on_two_processes_resumes_after_a_crash_as_if_it_never_stopped(tmp_path, tiny_bert_dir):
+    """Killed inside step 8 (checkpoints at 3 and 6; step 7 logged), resumed on 2 processes: the same losses,
+    evaluations and weight average as the run that never stopped, each step logged once; the
+    checkpoint refuses a resume on 1 process in one line."""
+    backbone = no_dropout_copy(tiny_bert_dir, tmp_path / "backbone")
+    files = write_sentiment_csv(tmp_path / "data", train_size=23, eval_size=7)
+    arguments = [
+        "-m",
+        "poolft",
+        "train",
+        *COMMON,
+        f"--data.data_files={json.dumps(files)}",
+        "--data.text_column=text",
+        f"--model.backbone={backbone}",
+        "--train.batch_size=4",
+        "--train.epochs=2",
+        "--train.eval_every_steps=4",
+        "--train.save_every_steps=3",
+        "--train.ema_decay=0.9",
+    ]
+    whole, resumed, copy = tmp_path / "whole", tmp_path / "resumed", tmp_path / "copy"
+    run([*TORCHRUN, *arguments, f"--train.output_dir={whole}"], quiet_env())
+    crashed = subprocess.run(
+        [*TORCHRUN, *arguments, f"--train.output_dir={resumed}"],
+        env=quiet_env(POOLFT_FAULT_AT="step:8"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert crashed.returncode != 0 and (resumed / "checkpoints" / "step-6").is_dir()
+    shutil.copytree(resumed, copy)
+    run([*TORCHRUN, *arguments, f"--train.output_dir={resumed}", "--train.resume_from_checkpoint=latest"], quiet_env())
+    (whole_metrics, whole_losses, whole_evals), (metrics, losses, evals) = read_run(whole), read_run(resumed)
+    assert len(losses) == 12 and losses == whole_losses
+    assert evals == whole_evals and len(evals) >= 3 and set(evals) == {7}  # each evaluation: every row once
+    steps = [json.loads(line)["step"] for line in (resumed / "log.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(line)["step"] for line in (whole / "log.jsonl").read_text().splitlines()]
+    assert metrics["final"] == whole_metrics["final"]
+    one = subprocess.run(
+        [sys.executable, *arguments, f"--train.output_dir={copy}", "--train.resume_from_checkpoint=latest"],
+        env=quiet_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert one.returncode == 2 and "Traceback" not in one.stderr
+    assert "was saved by 2 process(es) and this run has 1; resume it with 2" in one.stderr
+
+
+def test_a_data_mistake_on_two_processes_is_one_line_from_each(tmp_path, tiny_bert_dir):
+    """A mistake the main process finds while the others wait for its data pass (an evaluation split
+    that is not there): every process prints the line; none dies at the barrier (a gloo traceback)."""
+    files = write_sentiment_csv(tmp_path / "data", train_size=8, eval_size=4)
+    result = subprocess.run(
+        [
+            *TORCHRUN,
+            "-m",
+            "poolft",
+            "train",
+            *COMMON,
+            f"--data.data_files={json.dumps(files)}",
+            "--data.text_column=text",
+            "--data.eval_split=test",
+            f"--model.backbone={tiny_bert_dir}",
+            f"--train.output_dir={tmp_path / 'run'}",
+        ],
+        env=quiet_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert result.stderr.count("poolft: error: split 'test' not found (have: train, validation)") == 2
+    assert "gloo" not in result.stderr and "Connection" not in result.stderr
+    assert not (tmp_path / "run").exists()
