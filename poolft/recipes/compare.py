@@ -167,41 +167,44 @@ def run_compare(
     runs trained at once (default: one per core on the probe track, else 1).
     """
     report = report or (lambda message: print(message, file=sys.stderr))
-    from ..models.backbones import load_backbone_config, resolve_backbone
-
     if track not in TRACKS:
         raise PoolftError(f"--track {track} is not one of {', '.join(TRACKS)}")
     track = TRACKS[track]
-    check_output(Path(output))
-    base = track_config(load_config(config_path, overrides), track)
-    backbone = resolve_backbone(base.model.backbone)
-    backbone_config = load_backbone_config(backbone, base.model)
-    heads, skipped = choose_heads(base, poolers, track, backbone, backbone_config)
-    for head, reason in skipped.items():
-        report(f"poolft compare: skip {head}: {reason}")
-    folder = Path(output)
-    rate_list = parse_rates(rates, DEFAULT_RATES[track])
-    check_data(base, holdout if len(rate_list) > 1 else None, backbone, backbone_config)
-    rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
-    sweep = Sweep(
-        base,
-        TASK,
-        track,
-        heads,
-        parse_seeds(seeds),
-        rate_list,
-        rate_key,
-        holdout,
-        folder / "results",
-        folder / "runs",
-        report=report,
-        grid_extensions=grid_extensions,
-    )
     if workers is None:
         workers = usable_cores() if track == "probe" else 1
-    # the runs' progress lines go to stderr (as in the workers): stdout holds the table alone
-    with RunPool(workers, prepare=sweep.cache_builder()) as pool, redirect_stdout(sys.stderr):
-        paths = sweep.run(pool)
+    folder = Path(output)
+    # the workers' fork server starts first: its imports overlap this process's own and the data check
+    with RunPool(workers) as pool:
+        from ..models.backbones import load_backbone_config, resolve_backbone
+
+        check_output(folder)
+        base = track_config(load_config(config_path, overrides), track)
+        backbone = resolve_backbone(base.model.backbone)
+        backbone_config = load_backbone_config(backbone, base.model)
+        heads, skipped = choose_heads(base, poolers, track, backbone, backbone_config)
+        for head, reason in skipped.items():
+            report(f"poolft compare: skip {head}: {reason}")
+        rate_list = parse_rates(rates, DEFAULT_RATES[track])
+        check_data(base, holdout if len(rate_list) > 1 else None, backbone, backbone_config)
+        rate_key = "train.head_learning_rate" if track == "probe" else "train.learning_rate"
+        sweep = Sweep(
+            base,
+            TASK,
+            track,
+            heads,
+            parse_seeds(seeds),
+            rate_list,
+            rate_key,
+            holdout,
+            folder / "results",
+            folder / "runs",
+            report=report,
+            grid_extensions=grid_extensions,
+        )
+        pool.prepare = sweep.cache_builder()
+        # the runs' progress lines go to stderr (as in the workers): stdout holds the table alone
+        with redirect_stdout(sys.stderr):
+            paths = sweep.run(pool)
     # this grid's records only: an earlier compare's other seeds or heads in the same folder stay out
     records = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     runs_by_head = grouped(records)[(TASK, track)]

@@ -87,14 +87,16 @@ PRELOAD = ("torch", "transformers", "datasets", "accelerate", "poolft.training.l
 _fork_server_start: tuple[dict[str, str], list[str]] | None = None
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
+def worker_context(restart_on_change: bool = True) -> multiprocessing.context.BaseContext:
     """The start method of the workers: a fork server that has imported ``PRELOAD`` (Linux), started
     now so that its imports run while this process works; ``spawn`` elsewhere.
 
-    The server is started again when this process's environment or ``sys.path`` changed since it
-    started (modules read settings such as ``HF_HUB_OFFLINE`` when they are imported), and when it
-    is gone (killed). It imports from this process's ``sys.path`` (passed as ``PYTHONPATH``; each
-    worker gets this process's environment back as it starts).
+    The server is started again when it is gone (killed), and with ``restart_on_change`` (a new
+    pool) when this process's environment or ``sys.path`` changed since it started: modules read
+    settings such as ``HF_HUB_OFFLINE`` when they are imported. (Within a pool they change only by
+    this process's own work, e.g. torch setting ``TORCHINDUCTOR_CACHE_DIR``.) It imports from this
+    process's ``sys.path`` (passed as ``PYTHONPATH``; each worker gets this process's environment
+    back as it starts).
     """
     global _fork_server_start
     if sys.platform != "linux":
@@ -103,7 +105,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
 
     context = multiprocessing.get_context("forkserver")
     start = (dict(os.environ), list(sys.path))
-    if _fork_server_start is not None and _fork_server_start != start:
+    if restart_on_change and _fork_server_start is not None and _fork_server_start != start:
         forkserver._forkserver._stop()  # the only way to restart it; used by CPython's own tests
     context.set_forkserver_preload(list(PRELOAD))
     previous = os.environ.get("PYTHONPATH")
@@ -116,7 +118,8 @@ def worker_context() -> multiprocessing.context.BaseContext:
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = previous
-    _fork_server_start = start
+    if restart_on_change or _fork_server_start is None:
+        _fork_server_start = start
     return context
 
 
@@ -278,7 +281,7 @@ class RunPool:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self.executor is None:
-            self.context = worker_context()  # (again: the server may have been killed meanwhile)
+            self.context = worker_context(restart_on_change=False)  # (the server may have been killed meanwhile)
             self.executor = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=self.context,
