@@ -209,6 +209,7 @@ class Sweep:
         self.base, self.task, self.track = base, task, track
         self.grid_extensions, self.any_cpu = grid_extensions, any_cpu
         self.heads, self.seeds, self.rates, self.rate_key, self.holdout = heads, seeds, rates, rate_key, holdout
+        self.seconds_per_run: dict[str, float] = {}  # the longest wall time of a run of each head so far
         self.results = results_dir / task / track
         self.runs = runs_dir / task / track
         self.report = report
@@ -238,10 +239,37 @@ class Sweep:
         return self.run_heads(self.heads, pool)
 
     def run_heads(self, heads: list[str], pool: RunPool) -> list[Path]:
-        """Rate search of ``heads`` (each stage's runs at once), then every seed at each chosen rate."""
-        chosen = self.choose_rates(heads, pool)
-        jobs = [self.seed_job(head, seed, *chosen[head]) for head in heads for seed in self.seeds]
-        return self.run_jobs(jobs, pool)
+        """Rate search of ``heads``, then every seed at each chosen rate.
+
+        Each stage's runs go to the pool at once: the seed runs of the heads whose search is settled
+        go with the grid extensions of the others, so that no worker waits at the end of a stage.
+        """
+        if len(self.rates) <= 1:  # no search: every seed run at the one rate
+            chosen = self.choose_rates(heads, pool)
+            return self.run_jobs(
+                [self.seed_job(head, seed, *chosen[head]) for head in heads for seed in self.seeds], pool
+            )
+        searches: dict[str, dict[str, float]] = {head: {} for head in heads}
+        paths: dict[tuple[str, int], Path] = {}
+        self.search(searches, [(head, rate) for head in heads for rate in self.rates], pool)
+        pending = list(heads)
+        for stage in range(self.grid_extensions + 1):
+            if not pending:
+                break
+            steps = self.extensions(searches, pending) if stage < self.grid_extensions else {}
+            settled = [head for head in pending if head not in steps]
+            seed_jobs = [
+                self.seed_job(head, seed, *self.settle(head, searches[head])) for head in settled for seed in self.seeds
+            ]
+            rate_jobs = [self.rate_job(head, rate) for head, rate in steps.items()]
+            results = self.run_jobs(rate_jobs + seed_jobs, pool)
+            for (head, rate), result in zip(steps.items(), results, strict=False):
+                searches[head][f"{rate:g}"] = json.loads(result.read_text())["final"]["accuracy"]
+            paths.update(
+                ((job.head, job.seed), path) for job, path in zip(seed_jobs, results[len(rate_jobs) :], strict=True)
+            )
+            pending = list(steps)
+        return [paths[head, seed] for head in heads for seed in self.seeds]
 
     def choose_rate(self, head: str) -> tuple[float, dict[str, float]]:
         """Held-out accuracy of each candidate rate (seed 0); the best one is used for the seeds."""
@@ -257,19 +285,25 @@ class Sweep:
         self.search(searches, [(head, rate) for head in heads for rate in self.rates], pool)
         # a best rate at an end of the grid may not be the best: extend the grid past it
         for _ in range(self.grid_extensions):
-            steps = [(head, step) for head in heads if (step := self.extension(searches[head])) is not None]
+            steps = self.extensions(searches, heads)
             if not steps:
                 break
-            for head, step in steps:
-                best = max(searches[head], key=lambda r, s=searches[head]: (s[r], -float(r)))
-                self.report(f"poolft sweep: {head}: best rate {best} is at the end of the grid; trying {step:g}")
-            self.search(searches, steps, pool)
-        chosen = {}
-        for head, search in searches.items():
-            best = max(search, key=lambda r, s=search: (s[r], -float(r)))
-            self.report(f"poolft sweep: {head}: held-out accuracy by {self.rate_key} {search} -> {best}")
-            chosen[head] = (float(best), search)
-        return chosen
+            self.search(searches, list(steps.items()), pool)
+        return {head: self.settle(head, search) for head, search in searches.items()}
+
+    def extensions(self, searches: dict[str, dict[str, float]], heads: list[str]) -> dict[str, float]:
+        """The next rate of each of ``heads`` whose best rate is at an end of its grid (reported)."""
+        steps = {head: step for head in heads if (step := self.extension(searches[head])) is not None}
+        for head, step in steps.items():
+            best = max(searches[head], key=lambda r, s=searches[head]: (s[r], -float(r)))
+            self.report(f"poolft sweep: {head}: best rate {best} is at the end of the grid; trying {step:g}")
+        return steps
+
+    def settle(self, head: str, search: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """The chosen rate of a finished search (the best held-out accuracy; the lower rate on a tie)."""
+        best = max(search, key=lambda r: (search[r], -float(r)))
+        self.report(f"poolft sweep: {head}: held-out accuracy by {self.rate_key} {search} -> {best}")
+        return float(best), search
 
     def search(self, searches: dict[str, dict[str, float]], runs: list[tuple[str, float]], pool: RunPool) -> None:
         for (head, rate), accuracy in zip(runs, self.held_out_accuracies(runs, pool), strict=True):
@@ -320,10 +354,20 @@ class Sweep:
         )
 
     def run_jobs(self, jobs: list[RunJob], pool: RunPool) -> list[Path]:
-        """The record of each job: the recorded one where it is done, else trained (on the pool)."""
+        """The record of each job: the recorded one where it is done, else trained (on the pool).
+
+        The runs of the heads whose runs took longest so far start first (longest processing time
+        first): a worker left with a long run at the end of a stage would keep the others waiting.
+        """
         pending = [job for job in jobs if not self.recorded(job)]
+        pending.sort(key=lambda job: -self.seconds_per_run.get(job.head, 0.0))  # stable: unknown keep their order
         trained = dict(zip((id(job) for job in pending), pool.map(self.train_job, pending), strict=True))
-        return [trained.get(id(job), job.result) for job in jobs]
+        paths = [trained.get(id(job), job.result) for job in jobs]
+        for job, path in zip(jobs, paths, strict=True):
+            seconds = json.loads(path.read_text(encoding="utf-8")).get("wall_seconds")
+            if isinstance(seconds, (int, float)):
+                self.seconds_per_run[job.head] = max(self.seconds_per_run.get(job.head, 0.0), float(seconds))
+        return paths
 
     def recorded(self, job: RunJob) -> bool:
         """Whether ``job.result`` records this exact run (then it is not trained again).
