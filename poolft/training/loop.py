@@ -73,8 +73,10 @@ from .optim import build_optimizer, build_scheduler, freeze_backbone
 from .run_folder import (
     CONFIG_FILE,
     clear_output_dir,
+    lock_run_folder,
     missing_folders,
     prepare_output_dir,
+    release_run_folders,
     remove_empty_folders,
     save_model_atomically,
     write_atomically,
@@ -584,6 +586,7 @@ def train(config: RunConfig) -> dict[str, Any]:
             return run_training(config)
     finally:
         torch.set_num_threads(threads)  # train.torch_threads is this run's setting, not the process's
+        release_run_folders()
 
 
 def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[str, Any]:
@@ -600,6 +603,7 @@ def run_training(config: RunConfig, *, warmed_head: str | None = None) -> dict[s
         output_dir = Path(shared_on_main(accelerator, lambda: str(prepare_output_dir(config, clear=False))))
     else:
         output_dir = Path(config.train.output_dir)
+    shared_on_main(accelerator, lambda: lock_run_folder(output_dir))  # a second run on the folder stops here
     set_seed(config.train.seed)
     try:
         inputs = load_run_inputs(config, accelerator, head_from=warmed_head)

@@ -150,6 +150,52 @@ def prepare_output_dir(config: RunConfig, *, clear: bool = True) -> Path:
     return folder
 
 
+#: the run folders this process holds a lock on (``lock_run_folder``): resolved path -> descriptor
+_locked: dict[str, int] = {}
+
+
+def lock_run_folder(folder: Path) -> None:
+    """Hold an exclusive ``flock`` on ``folder`` while this process trains into it, so that a second
+    run started on the same folder (the same command twice, or a resume while the run still goes
+    on) stops before it touches anything. The lock is on the folder itself (no lock file), and the
+    system drops it when the process ends, even when it is killed; ``release_run_folders`` drops it
+    at the end of a run. Where locks are not available (Windows, some network file systems) the run
+    goes on without one.
+
+    Raises:
+        PoolftError: another process holds the lock on ``folder``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return
+    key = str(folder.resolve())
+    if key in _locked:
+        return
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise PoolftError(
+            f"output_dir {folder} is in use by another poolft run that is still writing there; wait for it to "
+            "end (or stop it), or choose another train.output_dir"
+        ) from None
+    except OSError:  # a file system without locks
+        os.close(descriptor)
+        return
+    _locked[key] = descriptor
+
+
+def release_run_folders() -> None:
+    """Drop every lock ``lock_run_folder`` took in this process (closing a descriptor drops its lock)."""
+    while _locked:
+        os.close(_locked.popitem()[1])
+
+
 def clear_output_dir(folder: Path, keep: tuple[str, ...] = ()) -> None:
     """Delete everything in ``folder`` (a poolft run that ``--overwrite_output_dir true`` replaces)
     except the entries named in ``keep`` (LP-FT's head, trained into the folder by this same run)."""

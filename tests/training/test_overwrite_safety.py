@@ -154,3 +154,42 @@ def test_the_run_folder_written_another_way_is_the_same_run(tmp_path, tiny_bert_
     longer = [*arguments, "--train.output_dir=moved", "--train.max_steps=3", "--train.resume_from_checkpoint=latest"]
     assert main(longer) != 0
     assert "holds a different run" in capsys.readouterr().err  # a setting that changes results still counts
+
+
+def test_a_second_run_on_a_folder_in_use_stops_before_it_touches_it(tmp_path, tiny_bert_dir, capsys):
+    """While another process trains into the folder (here: holds its lock), a resume or an overwrite
+    of it is one line and changes nothing; once that process is gone, the folder is free again."""
+    import subprocess
+    import sys
+
+    files = write_sentiment_csv(tmp_path / "data", train_size=8, eval_size=4)
+    folder = tmp_path / "run"
+    arguments = [
+        "train",
+        f"--data.data_files={json.dumps(files)}",
+        "--data.text_column=text",
+        f"--model.backbone={tiny_bert_dir}",
+        "--train.batch_size=4",
+        "--train.max_steps=2",
+        "--train.progress=false",
+        f"--train.output_dir={folder}",
+    ]
+    assert main(arguments) == 0
+    before = snapshot(folder)
+    hold = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n    print('busy', flush=True)\n"
+        "else:\n    print('locked', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # the finished run in this process let it go
+        for again in ("--train.resume_from_checkpoint=latest", "--train.overwrite_output_dir=true"):
+            assert main([*arguments, again]) == 2
+            assert f"output_dir {folder} is in use by another poolft run" in capsys.readouterr().err
+            assert snapshot(folder) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main([*arguments, "--train.overwrite_output_dir=true"]) == 0
