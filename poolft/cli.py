@@ -348,6 +348,7 @@ def run_eval(args: argparse.Namespace, _: list[str]) -> int:
 def run_predict(args: argparse.Namespace, _: list[str]) -> int:
     from .models.prediction import load_classifier
 
+    check_launched_once("predict")  # each process would predict every input and print it
     if not args.texts and not args.image:
         raise PoolftError("nothing to predict; pass texts as arguments or --image FILE...")
     if args.texts and args.image:
@@ -414,13 +415,14 @@ def run_poolers(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def check_launched_once(command: str) -> None:
-    """A one-line error where a grid command was started as several processes (torchrun,
-    ``accelerate launch``): each would run the whole grid into the same folders."""
+    """A one-line error where a command that runs in one process (a grid runs its own workers) was
+    started as several processes (torchrun, ``accelerate launch``): each would do all of it."""
     processes = os.environ.get("WORLD_SIZE", "1")
     if processes.isdigit() and int(processes) > 1:
+        how = "it runs its grid itself (--workers)" if command in ("sweep", "compare") else "it runs in one process"
         raise PoolftError(
-            f"poolft {command} was started as {processes} processes (torchrun or accelerate launch); it runs "
-            f"its grid itself (--workers): start it once, as `poolft {command} ...`"
+            f"poolft {command} was started as {processes} processes (torchrun or accelerate launch); {how}: "
+            f"start it once, as `poolft {command} ...`"
         )
 
 

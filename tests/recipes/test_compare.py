@@ -374,9 +374,11 @@ def test_a_ctrl_c_while_workers_start_is_not_lost_and_never_reaches_them():
 
 
 def test_a_grid_command_started_as_several_processes_is_one_line(monkeypatch, capsys):
-    """Under torchrun every process would run the whole grid into the same folders."""
+    """Under torchrun every process would run the whole grid into the same folders (and predict would
+    print every prediction once per process)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for command in (["compare"], ["sweep", "--config", "recipes/sst2/probe.yaml"]):
+    commands = (["compare"], ["sweep", "--config", "recipes/sst2/probe.yaml"], ["predict", "--model", "x", "a text"])
+    for command in commands:
         assert main(command) == 2
         err = capsys.readouterr().err
         assert f"poolft {command[0]} was started as 2 processes (torchrun or accelerate launch)" in err
