@@ -132,20 +132,25 @@ def test_another_feature_cache_folder_is_the_same_run(tmp_path):
     assert holds_other_run(load_config(None, [*probe, "--train.learning_rate=0.5"]), tmp_path)
 
 
-def test_the_run_folder_written_another_way_is_the_same_run(tmp_path, tiny_bert_dir, monkeypatch, capsys):
-    """Resuming names the folder however the user writes it (relative, absolute, a trailing slash,
-    after a move): the folder's config is the run's, its own path is no setting of the run."""
+def two_step_run(tmp_path, backbone) -> list[str]:
+    """``poolft train`` arguments of a two-step text run (no output folder yet)."""
     files = write_sentiment_csv(tmp_path / "data", train_size=8, eval_size=4)
-    monkeypatch.chdir(tmp_path)
-    arguments = [
+    return [
         "train",
         f"--data.data_files={json.dumps(files)}",
         "--data.text_column=text",
-        f"--model.backbone={tiny_bert_dir}",
+        f"--model.backbone={backbone}",
         "--train.batch_size=4",
         "--train.max_steps=2",
         "--train.progress=false",
     ]
+
+
+def test_the_run_folder_written_another_way_is_the_same_run(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """Resuming names the folder however the user writes it (relative, absolute, a trailing slash,
+    after a move): the folder's config is the run's, its own path is no setting of the run."""
+    monkeypatch.chdir(tmp_path)
+    arguments = two_step_run(tmp_path, tiny_bert_dir)
     assert main([*arguments, "--train.output_dir=runs/rel"]) == 0
     (tmp_path / "runs" / "rel").rename(tmp_path / "moved")
     for spelling in (f"{tmp_path / 'moved'}", "moved/", "./moved"):
@@ -162,18 +167,8 @@ def test_a_second_run_on_a_folder_in_use_stops_before_it_touches_it(tmp_path, ti
     import subprocess
     import sys
 
-    files = write_sentiment_csv(tmp_path / "data", train_size=8, eval_size=4)
     folder = tmp_path / "run"
-    arguments = [
-        "train",
-        f"--data.data_files={json.dumps(files)}",
-        "--data.text_column=text",
-        f"--model.backbone={tiny_bert_dir}",
-        "--train.batch_size=4",
-        "--train.max_steps=2",
-        "--train.progress=false",
-        f"--train.output_dir={folder}",
-    ]
+    arguments = [*two_step_run(tmp_path, tiny_bert_dir), f"--train.output_dir={folder}"]
     assert main(arguments) == 0
     before = snapshot(folder)
     hold = (
