@@ -140,13 +140,10 @@ def prepare_output_dir(config: RunConfig, *, clear: bool = True) -> Path:
                     f"output_dir {folder} already holds this run; pass --resume_from_checkpoint latest to continue "
                     "it or --overwrite_output_dir true to start again"
                 )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".poolft-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise PoolftError(f"cannot write to output_dir {folder} ({error.strerror}); choose a writable folder") from None
+    problem = write_problem(folder)
+    if problem:
+        raise PoolftError(f"cannot write to output_dir {folder} ({problem}); choose a writable folder")
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
